@@ -1,0 +1,230 @@
+"""Typed, frozen settings: loaded once from a TOML file plus environment overrides.
+
+Where the file is found: ``--config PATH``, else ``$IDPASS_ARCHIVER_CONFIG``.
+
+Environment overrides: ``IDPASS_ARCHIVER_<SECTION>__<KEY>=value`` replaces
+``[section] key`` (values are parsed as TOML scalars when they can be, so
+``IDPASS_ARCHIVER_PIPELINE__CONCURRENCY=4`` is an integer).
+
+Secrets never come from the TOML file or the command line:
+
+* the API token from ``$IDPASS_ARCHIVER_API_TOKEN`` or the file named by
+  ``api.token_file``;
+* AWS credentials through boto3's normal chain (environment, profile, IRSA);
+* the catalog's key-encryption key from ``$IDPASS_ARCHIVER_CATALOG_KEY`` or the file
+  named by ``catalog.key_file``.
+
+Only this module reads ``os.environ`` (through the mapping passed to :func:`load`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from archiver.errors import ConfigError
+
+ENV_PREFIX = "IDPASS_ARCHIVER_"
+CONFIG_ENV = "IDPASS_ARCHIVER_CONFIG"
+TOKEN_ENV = "IDPASS_ARCHIVER_API_TOKEN"
+CATALOG_KEY_ENV = "IDPASS_ARCHIVER_CATALOG_KEY"
+_SECRET_ENV = {CONFIG_ENV, TOKEN_ENV, CATALOG_KEY_ENV}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiSettings(_Section):
+    base_url: str = Field(pattern=r"^https?://")
+    token_file: Path | None = None
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    read_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
+    concurrency: int = Field(default=6, ge=1, le=256)
+    verify_tls: bool = True
+    # filled from the environment or token_file, never from TOML
+    token: SecretStr | None = Field(default=None, exclude=True)
+
+
+class StorageSettings(_Section):
+    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-]+[a-z0-9]$")
+    prefix: str = Field(default="idpass", pattern=r"^[A-Za-z0-9!_.*'()\-/]*$")
+    endpoint_url: str | None = None
+    region: str = "ap-southeast-2"
+    sse: Literal["aws:kms", "AES256"] = "aws:kms"
+    kms_key_id: str | None = None
+    max_pool_connections: int = Field(default=32, ge=1, le=1024)
+    upload_threads: int = Field(default=16, ge=1, le=256)
+    verify_tls: bool = True
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    read_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _kms_needs_key(self) -> StorageSettings:
+        if self.sse == "aws:kms" and not self.kms_key_id:
+            raise ValueError("kms_key_id is required when sse = 'aws:kms'")
+        return self
+
+    @property
+    def clean_prefix(self) -> str:
+        return self.prefix.strip("/")
+
+
+class CatalogSettings(_Section):
+    url: str = "sqlite:///idpass-archiver-catalog.db"
+    key_file: Path | None = None
+    key: SecretStr | None = Field(default=None, exclude=True)
+
+
+class PipelineSettings(_Section):
+    concurrency: int = Field(default=6, ge=1, le=256)
+    max_image_bytes: int = Field(default=15 * 1024 * 1024, ge=1024)
+    archive_statuses: tuple[str, ...] = ("complete",)
+    decryption: Literal["server", "local"] = "server"
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _statuses(self) -> PipelineSettings:
+        allowed = {"complete", "failed"}
+        bad = [s for s in self.archive_statuses if s not in allowed]
+        if bad:
+            raise ValueError(f"archive_statuses may contain only {sorted(allowed)}, got {bad}")
+        return self
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(_Section):
+    api: ApiSettings
+    storage: StorageSettings
+    catalog: CatalogSettings = CatalogSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    logging: LoggingSettings = LoggingSettings()
+    source_path: Path | None = Field(default=None, exclude=True)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the configuration without secrets: which settings a run used."""
+        data = self.model_dump(mode="json", exclude={"source_path"})
+        import orjson
+
+        return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _SECRET_ENV:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(path) != 2 or not all(path):
+            raise ConfigError(
+                f"environment override {name} must look like {ENV_PREFIX}<SECTION>__<KEY>"
+            )
+        section, key = path
+        if key in {"token", "key"}:
+            raise ConfigError(f"{name}: secrets come from {TOKEN_ENV} or files, not overrides")
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"[{section}] is not a table", key=section)
+        data[section][key] = _scalar(value)
+
+
+def _read_secret_file(path: Path, key: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret file ({exc.strerror})", key=key) from None
+    if not text:
+        raise ConfigError("secret file is empty", key=key)
+    return text
+
+
+def _format_validation(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against config/archiver.example.toml)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines)
+
+
+def _reject_secrets_in_file(data: dict[str, Any]) -> None:
+    for section, key in (("api", "token"), ("catalog", "key")):
+        table = data.get(section)
+        if isinstance(table, dict) and key in table:
+            raise ConfigError(
+                "secrets may not be written in the config file; use the environment "
+                "or a *_file key",
+                key=f"{section}.{key}",
+            )
+
+
+def from_mapping(
+    data: dict[str, Any],
+    environ: Mapping[str, str] | None = None,
+    source_path: Path | None = None,
+) -> Settings:
+    """Build settings from already-parsed TOML data plus environment overrides."""
+    env = os.environ if environ is None else environ
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    _reject_secrets_in_file(data)
+    _apply_env(data, env)
+    try:
+        settings = Settings.model_validate({**data, "source_path": source_path})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc)) from None
+
+    token = env.get(TOKEN_ENV)
+    if not token and settings.api.token_file:
+        token = _read_secret_file(settings.api.token_file, "api.token_file")
+    catalog_key = env.get(CATALOG_KEY_ENV)
+    if not catalog_key and settings.catalog.key_file:
+        catalog_key = _read_secret_file(settings.catalog.key_file, "catalog.key_file")
+    return settings.model_copy(
+        update={
+            "api": settings.api.model_copy(
+                update={"token": SecretStr(token) if token else None}
+            ),
+            "catalog": settings.catalog.model_copy(
+                update={"key": SecretStr(catalog_key) if catalog_key else None}
+            ),
+        }
+    )
+
+
+def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load the settings once, at the entry point. Raises :class:`ConfigError`."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        path = env.get(CONFIG_ENV)
+    if not path:
+        raise ConfigError(f"no configuration file: pass --config FILE or set {CONFIG_ENV}")
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p} ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+    return from_mapping(data, env, source_path=p.resolve())

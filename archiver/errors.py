@@ -1,0 +1,204 @@
+"""The project's exception tree.
+
+Every error that crosses a module boundary is an :class:`ArchiverError`. Third-party
+exceptions (httpx, botocore, SQLAlchemy) are translated where the I/O happens and
+never escape the module that talks to that system. Messages never contain personal
+data, cipher keys, tokens or response bodies: only ids, keys, statuses and reasons.
+
+    ArchiverError                 retryable  systemic
+    ├── ConfigError                   no        yes   bad or missing configuration
+    ├── ApiError                                      anything from the ID Pass API
+    │   ├── ApiAuthError              no        yes   401 / 403: stop the run
+    │   ├── ApiNotFound               no        no    404: unknown pass id
+    │   ├── ApiBadRequest             no        no    400
+    │   ├── ApiRateLimited            yes       no    429, carries retry_after
+    │   ├── ApiServerError            yes       no    5xx
+    │   ├── ApiTransportError         yes       no    timeout, reset, refused
+    │   └── ApiMalformedResponse      yes       no    invalid JSON, truncated, wrong type
+    ├── PayloadError                  no        no    a response we cannot archive
+    │   ├── ImageDecodeError                          invalid Base64 / not a JPEG
+    │   └── DecryptionError                           wrong or missing cipher key
+    ├── StoreError                                    anything from S3
+    │   ├── StoreUnavailable          yes       yes*  endpoint down, 5xx, throttled
+    │   ├── StoreAccessDenied         no        yes   credentials / policy
+    │   ├── ObjectConflict            no        no    key exists with other content
+    │   └── EncryptionRefused         no        yes   a write would not be encrypted
+    └── CatalogError                  no        yes   the catalog database
+
+    * a single failure is retried at pass level; the pipeline treats a run in which
+      the store is unreachable for every pass as a systemic failure.
+"""
+
+from __future__ import annotations
+
+
+class ArchiverError(Exception):
+    """Root of every error the archiver raises on purpose."""
+
+    retryable: bool = False
+    systemic: bool = False
+
+    def __init__(self, message: str, *, pass_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.pass_id = pass_id
+
+    @property
+    def reason(self) -> str:
+        """A short machine-friendly reason code, e.g. ``api_server_error``."""
+        name = type(self).__name__
+        out = []
+        for i, ch in enumerate(name):
+            if ch.isupper() and i:
+                out.append("_")
+            out.append(ch.lower())
+        return "".join(out)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ArchiverError):
+    """The configuration is missing, unreadable or invalid."""
+
+    systemic = True
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+# --- ID Pass API -------------------------------------------------------------------
+
+
+class ApiError(ArchiverError):
+    """An error talking to the ID Pass API."""
+
+    def __init__(
+        self, message: str, *, pass_id: str | None = None, status_code: int | None = None
+    ) -> None:
+        super().__init__(message, pass_id=pass_id)
+        self.status_code = status_code
+
+
+class ApiAuthError(ApiError):
+    """The API refused our token (401/403). Systemic: every further call would fail too."""
+
+    systemic = True
+
+
+class ApiNotFound(ApiError):
+    """The API does not know the pass id (404)."""
+
+
+class ApiBadRequest(ApiError):
+    """The API rejected the request as malformed (400)."""
+
+
+class ApiRateLimited(ApiError):
+    """The API asked us to slow down (429)."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pass_id: str | None = None,
+        status_code: int | None = 429,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, pass_id=pass_id, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class ApiServerError(ApiError):
+    """The API failed on its side (5xx)."""
+
+    retryable = True
+
+
+class ApiTransportError(ApiError):
+    """The request did not complete: timeout, connection refused or reset."""
+
+    retryable = True
+
+
+class ApiMalformedResponse(ApiError):
+    """The API answered with something that is not the documented JSON shape."""
+
+    retryable = True
+
+
+# --- payloads ---------------------------------------------------------------------
+
+
+class PayloadError(ArchiverError):
+    """A response that arrived intact but cannot be archived as it is."""
+
+    def __init__(self, message: str, *, pass_id: str | None = None, slot: str | None = None):
+        super().__init__(message, pass_id=pass_id)
+        self.slot = slot
+
+
+class ImageDecodeError(PayloadError):
+    """An image is not valid Base64, or the bytes are not a complete JPEG."""
+
+
+class DecryptionError(PayloadError):
+    """An encrypted field could not be decrypted with the pass's cipher key."""
+
+
+# --- object store -----------------------------------------------------------------
+
+
+class StoreError(ArchiverError):
+    """An error talking to the archive's object store."""
+
+    def __init__(self, message: str, *, key: str | None = None, pass_id: str | None = None):
+        super().__init__(message, pass_id=pass_id)
+        self.key = key
+
+
+class StoreUnavailable(StoreError):
+    """The store did not answer, or answered with a server error or throttling."""
+
+    retryable = True
+
+
+class StoreAccessDenied(StoreError):
+    """The store refused our credentials or the bucket policy denied the request."""
+
+    systemic = True
+
+
+class ObjectConflict(StoreError):
+    """The key already holds an object whose content differs from ours."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str,
+        existing_sha256: str | None,
+        new_sha256: str,
+        pass_id: str | None = None,
+    ) -> None:
+        super().__init__(message, key=key, pass_id=pass_id)
+        self.existing_sha256 = existing_sha256
+        self.new_sha256 = new_sha256
+
+
+class EncryptionRefused(StoreError):
+    """A write would have been stored unencrypted; the archiver refuses."""
+
+    systemic = True
+
+
+# --- catalog ----------------------------------------------------------------------
+
+
+class CatalogError(ArchiverError):
+    """The catalog database failed or holds something we cannot read."""
+
+    systemic = True

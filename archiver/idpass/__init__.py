@@ -1,0 +1,1 @@
+"""Everything that speaks to, or guesses about, GlobalData's ID Pass API."""

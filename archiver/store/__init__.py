@@ -1,0 +1,62 @@
+"""The archive store: the only code that speaks S3.
+
+Contract of :class:`ObjectStore` (every implementation, real or in memory, passes
+``tests/store/test_conformance.py``):
+
+* ``put`` is a conditional create. If the key is free the object is written,
+  encrypted and with its SHA-256 as the S3 checksum, and ``PutResult.reused`` is
+  False. If the key already holds the *same* bytes (same SHA-256) nothing is written
+  and ``reused`` is True. If it holds other bytes, :class:`~archiver.errors.ObjectConflict`
+  is raised and nothing is replaced.
+* every write is encrypted server-side (``aws:kms`` with a key id by default, or
+  ``AES256``); a write the server reports as unencrypted raises
+  :class:`~archiver.errors.EncryptionRefused`.
+* ``head`` returns ``None`` for a missing key; ``get`` raises
+  :class:`~archiver.errors.StoreError` for one.
+* every other failure is a :class:`~archiver.errors.StoreError` subclass; retryable
+  ones are :class:`~archiver.errors.StoreUnavailable`.
+* implementations are thread-safe: the pipeline calls them from a thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    key: str
+    size: int
+    sha256: str  # hex
+    version_id: str | None
+    reused: bool
+    retain_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    sha256: str | None  # hex, from the stored S3 checksum; None if the object has none
+    encryption: str | None  # "aws:kms", "AES256" or None
+    kms_key_id: str | None = None
+    version_id: str | None = None
+    content_type: str | None = None
+    last_modified: datetime | None = None
+    lock_mode: str | None = None
+    retain_until: datetime | None = None
+
+
+class ObjectStore(Protocol):
+    """A narrow, thread-safe object store. See the module docstring for the contract."""
+
+    def put(self, key: str, data: bytes, *, sha256: str, content_type: str) -> PutResult: ...
+
+    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None: ...
+
+    def get(self, key: str, *, version_id: str | None = None) -> bytes: ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...

@@ -1,0 +1,6 @@
+"""Shared fixtures: each lives in tests/fixtures/ and is registered here."""
+
+pytest_plugins = [
+    "tests.fixtures.sandbox",
+    "tests.fixtures.s3",
+]
