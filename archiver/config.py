@@ -32,7 +32,7 @@ from archiver.errors import ConfigError
 
 ENV_PREFIX = "IDPASS_ARCHIVER_"
 CONFIG_ENV = "IDPASS_ARCHIVER_CONFIG"
-TOKEN_ENV = "IDPASS_ARCHIVER_API_TOKEN"
+TOKEN_ENV = "IDPASS_ARCHIVER_API_TOKEN"  # noqa: S105 - a variable name, not a secret
 CATALOG_KEY_ENV = "IDPASS_ARCHIVER_CATALOG_KEY"
 _SECRET_ENV = {CONFIG_ENV, TOKEN_ENV, CATALOG_KEY_ENV}
 
@@ -201,9 +201,7 @@ def from_mapping(
         catalog_key = _read_secret_file(settings.catalog.key_file, "catalog.key_file")
     return settings.model_copy(
         update={
-            "api": settings.api.model_copy(
-                update={"token": SecretStr(token) if token else None}
-            ),
+            "api": settings.api.model_copy(update={"token": SecretStr(token) if token else None}),
             "catalog": settings.catalog.model_copy(
                 update={"key": SecretStr(catalog_key) if catalog_key else None}
             ),

@@ -120,8 +120,15 @@ def encrypt_response(doc: dict[str, Any], cipher_key: str) -> dict[str, Any]:
     return out
 
 
-def decrypt_response(doc: dict[str, Any], cipher_key: str) -> dict[str, Any]:
-    """Decrypt every encrypted field; images come back as Base64 JPEG, as in server mode."""
+def decrypt_response(
+    doc: dict[str, Any], cipher_key: str, *, images: bool = True
+) -> dict[str, Any]:
+    """Decrypt every encrypted field; images come back as Base64 JPEG, as in server mode.
+
+    With ``images=False`` the image tokens are left encrypted, for the caller to open
+    straight to bytes with :func:`decrypt_value` (no Base64 round trip). The marker
+    field is then kept, since the images are still encrypted.
+    """
     key = parse_key(cipher_key)
 
     def text(s: str) -> str:
@@ -133,8 +140,12 @@ def decrypt_response(doc: dict[str, Any], cipher_key: str) -> dict[str, Any]:
     def image(token: str) -> str:
         return pybase64.b64encode(decrypt_value(key, token)).decode("ascii")
 
-    out = _transform(doc, text, image)
-    out.pop(MARKER_FIELD, None)
+    def keep(token: str) -> str:
+        return token
+
+    out = _transform(doc, text, image if images else keep)
+    if images:
+        out.pop(MARKER_FIELD, None)
     return out
 
 

@@ -1,0 +1,112 @@
+"""The catalog: which passes exist, their deadlines and their archival state.
+
+S3 stays the source of truth (a pass is archived when its manifest exists); the
+catalog is the job's memory of what to do next. :class:`Catalog` is the interface
+the pipeline and the CLI use; :mod:`archiver.catalog.sql` implements it over
+SQLAlchemy (SQLite by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+class Outcome(StrEnum):
+    """What happened to a pass (DESIGN.md). ``PENDING`` means nothing yet."""
+
+    PENDING = "pending"
+    ARCHIVED = "archived"
+    NO_IMAGES = "no_images"
+    EXPIRED = "expired"
+    NOT_READY = "not_ready"
+    RETRY = "retry"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_OUTCOMES
+
+
+FINAL_OUTCOMES = frozenset(
+    {Outcome.ARCHIVED, Outcome.NO_IMAGES, Outcome.EXPIRED, Outcome.FAILED, Outcome.SKIPPED}
+)
+WORK_STATES = (Outcome.PENDING, Outcome.RETRY, Outcome.NOT_READY)
+
+
+@dataclass(frozen=True, slots=True)
+class PassUpsert:
+    """A pass as a source knows it. ``None`` means the source does not know."""
+
+    pass_id: str
+    source: str
+    cipher_key: str | None = field(default=None, repr=False)
+    completed_at: datetime | None = None
+    image_retention_days: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    pass_id: str
+    state: Outcome
+    cipher_key: str | None = field(repr=False)
+    completed_at: datetime | None
+    image_retention_days: int | None
+    deadline: datetime | None
+    attempts: int
+    next_attempt_at: datetime | None
+    last_reason: str | None
+    manifest_key: str | None
+    manifest_sha256: str | None
+    api_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeUpdate:
+    """What the pipeline learned about one pass."""
+
+    pass_id: str
+    outcome: Outcome
+    reason: str | None = None
+    api_status: str | None = None
+    completed_at: datetime | None = None
+    image_retention_days: int | None = None
+    deadline: datetime | None = None
+    manifest_key: str | None = None
+    manifest_sha256: str | None = None
+    next_attempt_at: datetime | None = None
+    count_attempt: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertStats:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+class Catalog(Protocol):
+    def upsert(self, passes: Iterable[PassUpsert]) -> UpsertStats: ...
+
+    def due(self, now: datetime, limit: int) -> list[CatalogEntry]: ...
+
+    def get(self, pass_id: str) -> CatalogEntry | None: ...
+
+    def record(self, update: OutcomeUpdate, now: datetime) -> None: ...
+
+    def counts(self) -> Mapping[str, int]: ...
+
+    def record_run(
+        self,
+        run_id: str,
+        started_at: datetime,
+        finished_at: datetime,
+        exit_code: int,
+        summary: Mapping[str, object],
+    ) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,348 @@
+"""The catalog over SQLAlchemy Core: SQLite embedded by default.
+
+Schema migrations are a numbered list applied in order inside one transaction each;
+the current version is kept in ``schema_version``. Migrations only add: they never
+drop data. A database written by a newer archiver (higher version) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from archiver.catalog import (
+    WORK_STATES,
+    CatalogEntry,
+    Outcome,
+    OutcomeUpdate,
+    PassUpsert,
+    UpsertStats,
+)
+from archiver.catalog.keys import KeySealer
+from archiver.core.retention import images_deadline
+from archiver.errors import CatalogError
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC: the same on SQLite and PostgreSQL."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the catalog")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("applied_at", UTCDateTime, nullable=False),
+)
+
+passes = sa.Table(
+    "passes",
+    metadata,
+    sa.Column("pass_id", sa.String(128), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False, default=Outcome.PENDING.value),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("sealed_cipher_key", sa.Text, nullable=True),
+    sa.Column("completed_at", UTCDateTime, nullable=True),
+    sa.Column("image_retention_days", sa.Integer, nullable=True),
+    sa.Column("deadline", UTCDateTime, nullable=True),
+    sa.Column("api_status", sa.String(16), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("last_reason", sa.Text, nullable=True),
+    sa.Column("manifest_key", sa.Text, nullable=True),
+    sa.Column("manifest_sha256", sa.String(64), nullable=True),
+    sa.Column("first_seen_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+sa.Index("ix_passes_state_deadline", passes.c.state, passes.c.deadline)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=False),
+    sa.Column("exit_code", sa.Integer, nullable=False),
+    sa.Column("summary_json", sa.Text, nullable=False),
+)
+
+
+def _migration_1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[passes, runs])
+
+
+MIGRATIONS = [(1, _migration_1)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlCatalog:
+    """:class:`archiver.catalog.Catalog` over a SQLAlchemy URL."""
+
+    def __init__(self, url: str, *, sealer: KeySealer | None = None) -> None:
+        self._sealer = sealer
+        self.url = url
+        try:
+            if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+                Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            self._engine: Engine = sa.create_engine(url, future=True)
+            if self._engine.dialect.name == "sqlite":
+                sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+            self._migrate()
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"cannot open the catalog ({type(exc).__name__})") from None
+
+    # -- schema -------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._engine.begin() as conn:
+            metadata.create_all(conn, tables=[schema_version])
+            current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+            current = current or 0
+            if current > SCHEMA_VERSION:
+                raise CatalogError(
+                    f"the catalog has schema version {current}, newer than this archiver "
+                    f"understands ({SCHEMA_VERSION}); upgrade the archiver"
+                )
+        for version, step in MIGRATIONS:
+            if version <= current:
+                continue
+            with self._engine.begin() as conn:
+                step(conn)
+                conn.execute(schema_version.insert().values(version=version, applied_at=_now()))
+
+    @property
+    def schema_version(self) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _seal(self, pass_id: str, cipher_key: str | None) -> str | None:
+        if cipher_key is None:
+            return None
+        if self._sealer is None:
+            raise CatalogError(
+                "a cipher key was given but no catalog key is configured: set "
+                "IDPASS_ARCHIVER_CATALOG_KEY or catalog.key_file (keys are never stored "
+                "in plaintext)"
+            )
+        return self._sealer.seal(pass_id, cipher_key)
+
+    def _entry(self, row: Any) -> CatalogEntry:
+        key = None
+        if row.sealed_cipher_key is not None:
+            if self._sealer is None:
+                raise CatalogError(
+                    f"pass {row.pass_id} has a sealed cipher key but no catalog key is configured"
+                )
+            key = self._sealer.open(row.pass_id, row.sealed_cipher_key)
+        return CatalogEntry(
+            pass_id=row.pass_id,
+            state=Outcome(row.state),
+            cipher_key=key,
+            completed_at=row.completed_at,
+            image_retention_days=row.image_retention_days,
+            deadline=row.deadline,
+            attempts=row.attempts,
+            next_attempt_at=row.next_attempt_at,
+            last_reason=row.last_reason,
+            manifest_key=row.manifest_key,
+            manifest_sha256=row.manifest_sha256,
+            api_status=row.api_status,
+        )
+
+    # -- interface ----------------------------------------------------------------
+
+    def upsert(self, items: Iterable[PassUpsert]) -> UpsertStats:
+        """Add new passes; fill in what a source newly knows about existing ones."""
+        added = updated = unchanged = 0
+        now = _now()
+        try:
+            with self._engine.begin() as conn:
+                for item in items:
+                    row = conn.execute(
+                        sa.select(passes).where(passes.c.pass_id == item.pass_id)
+                    ).first()
+                    if row is None:
+                        conn.execute(
+                            passes.insert().values(
+                                pass_id=item.pass_id,
+                                state=Outcome.PENDING.value,
+                                source=item.source,
+                                sealed_cipher_key=self._seal(item.pass_id, item.cipher_key),
+                                completed_at=item.completed_at,
+                                image_retention_days=item.image_retention_days,
+                                deadline=images_deadline(
+                                    item.completed_at, item.image_retention_days
+                                ),
+                                attempts=0,
+                                first_seen_at=now,
+                                updated_at=now,
+                            )
+                        )
+                        added += 1
+                        continue
+                    changes: dict[str, Any] = {}
+                    if item.cipher_key is not None and row.sealed_cipher_key is None:
+                        changes["sealed_cipher_key"] = self._seal(item.pass_id, item.cipher_key)
+                    completed = row.completed_at or item.completed_at
+                    retention = (
+                        row.image_retention_days
+                        if row.image_retention_days is not None
+                        else item.image_retention_days
+                    )
+                    if completed != row.completed_at:
+                        changes["completed_at"] = completed
+                    if retention != row.image_retention_days:
+                        changes["image_retention_days"] = retention
+                    deadline = images_deadline(completed, retention)
+                    if deadline != row.deadline:
+                        changes["deadline"] = deadline
+                    if changes:
+                        changes["updated_at"] = now
+                        conn.execute(
+                            passes.update()
+                            .where(passes.c.pass_id == item.pass_id)
+                            .values(**changes)
+                        )
+                        updated += 1
+                    else:
+                        unchanged += 1
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"catalog upsert failed ({type(exc).__name__})") from None
+        return UpsertStats(added=added, updated=updated, unchanged=unchanged)
+
+    def due(self, now: datetime, limit: int) -> list[CatalogEntry]:
+        """Passes with work left, the earliest deadline first (unknown deadlines first)."""
+        query = (
+            sa.select(passes)
+            .where(passes.c.state.in_([s.value for s in WORK_STATES]))
+            .where(sa.or_(passes.c.next_attempt_at.is_(None), passes.c.next_attempt_at <= now))
+            .order_by(passes.c.deadline.asc().nulls_first(), passes.c.pass_id)
+            .limit(limit)
+        )
+        return self._select(query)
+
+    def _select(self, query: Any) -> list[CatalogEntry]:
+        try:
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"catalog query failed ({type(exc).__name__})") from None
+        return [self._entry(r) for r in rows]
+
+    def get(self, pass_id: str) -> CatalogEntry | None:
+        found = self._select(sa.select(passes).where(passes.c.pass_id == pass_id))
+        return found[0] if found else None
+
+    def all(self) -> list[CatalogEntry]:
+        return self._select(sa.select(passes).order_by(passes.c.pass_id))
+
+    def record(self, update: OutcomeUpdate, now: datetime) -> None:
+        values: dict[str, Any] = {
+            "state": update.outcome.value,
+            "last_reason": update.reason,
+            "next_attempt_at": update.next_attempt_at,
+            "updated_at": now,
+        }
+        if update.count_attempt:
+            values["attempts"] = passes.c.attempts + 1
+        for name in ("api_status", "manifest_key", "manifest_sha256"):
+            value = getattr(update, name)
+            if value is not None:
+                values[name] = value
+        if update.completed_at is not None:
+            values["completed_at"] = update.completed_at
+        if update.image_retention_days is not None:
+            values["image_retention_days"] = update.image_retention_days
+        if update.deadline is not None:
+            values["deadline"] = update.deadline
+        try:
+            with self._engine.begin() as conn:
+                result = conn.execute(
+                    passes.update().where(passes.c.pass_id == update.pass_id).values(**values)
+                )
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"catalog update failed ({type(exc).__name__})") from None
+        if result.rowcount != 1:
+            raise CatalogError(f"pass {update.pass_id} is not in the catalog")
+
+    def counts(self) -> Mapping[str, int]:
+        query = sa.select(passes.c.state, sa.func.count()).group_by(passes.c.state)
+        try:
+            with self._engine.connect() as conn:
+                return {state: int(n) for state, n in conn.execute(query).all()}
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"catalog query failed ({type(exc).__name__})") from None
+
+    def record_run(
+        self,
+        run_id: str,
+        started_at: datetime,
+        finished_at: datetime,
+        exit_code: int,
+        summary: Mapping[str, object],
+    ) -> None:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    runs.insert().values(
+                        run_id=run_id,
+                        started_at=started_at,
+                        finished_at=finished_at,
+                        exit_code=exit_code,
+                        summary_json=json.dumps(summary, sort_keys=True, default=str),
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"cannot record the run ({type(exc).__name__})") from None
+
+    def last_run(self) -> dict[str, Any] | None:
+        query = sa.select(runs).order_by(runs.c.started_at.desc()).limit(1)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return {
+            "run_id": row.run_id,
+            "started_at": row.started_at,
+            "finished_at": row.finished_at,
+            "exit_code": row.exit_code,
+            "summary": json.loads(row.summary_json),
+        }
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()

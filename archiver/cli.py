@@ -1,0 +1,344 @@
+"""The command line: a thin shell that parses, configures, calls, and sets the exit code.
+
+Exit codes (README, "Exit codes"):
+  0  all due work done
+  1  some passes failed or are waiting to retry
+  2  usage or configuration error
+  3  systemic failure (API auth, storage unreachable or refusing, catalog)
+  4  passes expired without being archived (compliance alarm)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from archiver import __version__
+from archiver import config as config_mod
+from archiver.errors import ArchiverError, ConfigError
+from archiver.pipeline import EXIT_INCOMPLETE, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, RunSummary
+
+EPILOG = """\
+examples:
+  idpass-archiver demo                                  # everything local, nothing to set up
+  idpass-archiver run --config /etc/idpass-archiver/archiver.toml
+  IDPASS_ARCHIVER_CONFIG=archiver.toml idpass-archiver run --dry-run --limit 20
+  idpass-archiver run --pass 0b6f3c9e-6a55-4a43-9d8f-2f0a8f7e3c11
+  idpass-archiver catalog import ledger.jsonl
+  echo 0b6f3c9e-6a55-4a43-9d8f-2f0a8f7e3c11 | idpass-archiver enqueue -
+  idpass-archiver status --json
+
+exit codes: 0 done, 1 some failed/retrying, 2 usage/config error,
+            3 systemic failure, 4 passes expired without archiving
+"""
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML configuration (default: ${config_mod.CONFIG_ENV})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="idpass-archiver",
+        description="Archive GlobalData ID Pass verification images to encrypted S3 "
+        "before their retention window closes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run one archival cycle (for cron or a CronJob)",
+        description="Archive every due pass once, most urgent first, then exit.",
+    )
+    _add_config(run)
+    run.add_argument("--limit", type=int, metavar="N", help="archive at most N passes")
+    run.add_argument(
+        "--pass",
+        dest="pass_ids",
+        action="append",
+        metavar="ID",
+        help="archive or re-check only this pass (repeatable)",
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="list what would be fetched; write nothing"
+    )
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+    enq = sub.add_parser(
+        "enqueue",
+        help="add pass ids to the catalog ('-' reads ids from stdin, one per line)",
+    )
+    _add_config(enq)
+    enq.add_argument("pass_ids", nargs="+", metavar="PASS_ID")
+    enq.add_argument("--json", action="store_true")
+
+    cat = sub.add_parser("catalog", help="catalog maintenance")
+    cat_sub = cat.add_subparsers(dest="catalog_command", metavar="ACTION")
+    imp = cat_sub.add_parser(
+        "import",
+        help="import a JSONL or CSV pass ledger (id, cipher_key, completed_at, "
+        "image_retention_days)",
+    )
+    _add_config(imp)
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--format", choices=["jsonl", "csv"], help="default: from the extension")
+    imp.add_argument("--json", action="store_true")
+
+    status = sub.add_parser("status", help="counts per outcome, next deadlines, the last run")
+    _add_config(status)
+    status.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser(
+        "demo",
+        help="start a local ID Pass sandbox and S3 server, archive a few dozen passes, "
+        "read them back",
+    )
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        help="where the demo keeps its S3 data, catalog and config (default: a new temp dir)",
+    )
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def _setup_logging(settings: config_mod.Settings | None, args: argparse.Namespace) -> None:
+    from archiver.logging import configure
+
+    level = settings.logging.level if settings else "info"
+    fmt = settings.logging.format if settings else "auto"
+    # With --json the machine-readable result owns stdout; logs go to stderr.
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+    configure(level, fmt, stream)
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from archiver.app import run_cycle_sync, runtime
+    from archiver.sources.file import normalise_pass_id
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    pass_ids = None
+    if args.pass_ids:
+        try:
+            pass_ids = [normalise_pass_id(p) for p in args.pass_ids]
+        except ValueError as exc:
+            raise ConfigError(f"--pass: {exc}") from None
+    with runtime(settings) as rt:
+        summary = run_cycle_sync(rt, limit=args.limit, pass_ids=pass_ids, dry_run=args.dry_run)
+    _report_run(summary, args)
+    return summary.exit_code
+
+
+def _report_run(summary: RunSummary, args: argparse.Namespace) -> None:
+    doc = summary.to_json()
+    log = structlog.get_logger("archiver.cli")
+    log.info(
+        "run_finished",
+        **{k: v for k, v in doc.items() if k not in ("planned", "failed", "expired_ids")},
+        failed_count=len(doc["failed"]),
+    )
+    if args.json:
+        _print_json(doc)
+    elif summary.dry_run:
+        for item in summary.planned:
+            print(
+                f"would archive {item['pass_id']} (deadline {item['deadline'] or 'unknown'}) "
+                f"under {item['would_write_under']}"
+            )
+        print(f"{len(summary.planned)} passes due; nothing written (dry run)")
+
+
+def _read_ids(values: Sequence[str]) -> list[str]:
+    ids: list[str] = []
+    for v in values:
+        if v == "-":
+            ids.extend(line.strip() for line in sys.stdin if line.strip())
+        else:
+            ids.append(v)
+    return ids
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from archiver.app import open_catalog
+    from archiver.catalog import PassUpsert
+    from archiver.sources.file import normalise_pass_id
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+    good, bad = [], []
+    for n, raw in enumerate(_read_ids(args.pass_ids), start=1):
+        try:
+            good.append(PassUpsert(pass_id=normalise_pass_id(raw), source="enqueue"))
+        except ValueError as exc:
+            bad.append({"item": n, "reason": str(exc)})
+    catalog = open_catalog(settings)
+    try:
+        stats = catalog.upsert(good)
+    finally:
+        catalog.close()
+    result = {
+        "added": stats.added,
+        "updated": stats.updated,
+        "unchanged": stats.unchanged,
+        "rejected": bad,
+    }
+    structlog.get_logger("archiver.cli").info(
+        "enqueued", added=stats.added, unchanged=stats.unchanged, rejected=len(bad)
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"enqueued: {stats.added} new, {stats.unchanged} already known, {len(bad)} rejected")
+        for b in bad:
+            print(f"  item {b['item']}: {b['reason']}", file=sys.stderr)
+    return EXIT_OK if not bad else EXIT_INCOMPLETE
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    if args.catalog_command != "import":
+        raise ConfigError("usage: idpass-archiver catalog import FILE")
+    from archiver.app import open_catalog
+    from archiver.sources.file import read_file
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+    try:
+        good, bad = read_file(args.file, fmt=args.format)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.file} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{args.file} is not UTF-8 text") from None
+    catalog = open_catalog(settings)
+    try:
+        stats = catalog.upsert(good)
+    finally:
+        catalog.close()
+    result = {
+        "file": str(args.file),
+        "added": stats.added,
+        "updated": stats.updated,
+        "unchanged": stats.unchanged,
+        "rejected": [{"line": b.line, "reason": b.reason} for b in bad],
+    }
+    structlog.get_logger("archiver.cli").info(
+        "catalog_imported",
+        added=stats.added,
+        updated=stats.updated,
+        unchanged=stats.unchanged,
+        rejected=len(bad),
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        print(
+            f"imported {args.file}: {stats.added} new, {stats.updated} updated, "
+            f"{stats.unchanged} unchanged, {len(bad)} rejected"
+        )
+        for b in bad:
+            print(f"  line {b.line}: {b.reason}", file=sys.stderr)
+    return EXIT_OK if not bad else EXIT_INCOMPLETE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from archiver.app import open_catalog
+    from archiver.clock import isoformat
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+    catalog = open_catalog(settings)
+    try:
+        counts = dict(catalog.counts())
+        last = catalog.last_run()
+        from archiver.clock import SystemClock
+
+        upcoming = catalog.due(SystemClock().now(), 10)
+    finally:
+        catalog.close()
+    next_deadlines = [
+        {"pass_id": e.pass_id, "deadline": isoformat(e.deadline) if e.deadline else None}
+        for e in upcoming
+    ]
+    doc = {
+        "counts": counts,
+        "next_deadlines": next_deadlines,
+        "last_run": (
+            {
+                "run_id": last["run_id"],
+                "started_at": isoformat(last["started_at"]),
+                "finished_at": isoformat(last["finished_at"]),
+                "exit_code": last["exit_code"],
+                "counts": last["summary"].get("counts"),
+            }
+            if last
+            else None
+        ),
+    }
+    if args.json:
+        _print_json(doc)
+    else:
+        print("passes by state:")
+        for state, n in sorted(counts.items()):
+            print(f"  {state:<10} {n}")
+        print("next due:")
+        for item in next_deadlines:
+            print(f"  {item['pass_id']}  deadline {item['deadline'] or 'unknown'}")
+        if last:
+            print(
+                f"last run: {last['run_id']} exit {last['exit_code']} "
+                f"finished {isoformat(last['finished_at'])}"
+            )
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from archiver.demo import run_demo
+
+    return run_demo(workdir=args.workdir, as_json=args.json)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "enqueue": cmd_enqueue,
+    "catalog": cmd_catalog,
+    "status": cmd_status,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"idpass-archiver: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ArchiverError as exc:
+        print(f"idpass-archiver: {exc.reason}: {exc}", file=sys.stderr)
+        return EXIT_SYSTEMIC if exc.systemic else EXIT_INCOMPLETE
+    except KeyboardInterrupt:
+        print("idpass-archiver: interrupted", file=sys.stderr)
+        return 130

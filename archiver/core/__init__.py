@@ -1,0 +1,1 @@
+"""The pure core: no I/O. Decoding, JPEG checks, hashing, retention, manifests."""

@@ -1,0 +1,92 @@
+"""Decode, check and hash images (pure functions)."""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+
+import pybase64
+from PIL import Image, UnidentifiedImageError
+
+from archiver.errors import ImageDecodeError
+
+SOI = b"\xff\xd8"
+EOI = b"\xff\xd9"
+_SLOT_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedImage:
+    """A decoded JPEG that passed the checks, with its SHA-256 (hex) computed once."""
+
+    slot: str
+    data: bytes
+    sha256: str
+    width: int
+    height: int
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:  # never print image bytes
+        return f"CheckedImage(slot={self.slot!r}, size={self.size}, sha256={self.sha256[:12]}…)"
+
+
+def valid_slot_name(slot: str) -> bool:
+    """A slot name we are willing to put into an object key."""
+    return bool(_SLOT_RE.match(slot))
+
+
+def decode_base64(text: str | bytes, *, slot: str | None = None, max_bytes: int) -> bytes:
+    """Strict Base64 → bytes. Whitespace or invalid characters are rejected."""
+    if not text:
+        raise ImageDecodeError("image is an empty string", slot=slot)
+    # Base64 expands 3 bytes into 4 characters: refuse before decoding an oversize image.
+    if len(text) // 4 * 3 > max_bytes + 2:
+        raise ImageDecodeError(f"image exceeds the size limit of {max_bytes} bytes", slot=slot)
+    try:
+        data: bytes = pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageDecodeError("image is not valid Base64", slot=slot) from None
+    if len(data) > max_bytes:
+        raise ImageDecodeError(f"image exceeds the size limit of {max_bytes} bytes", slot=slot)
+    return data
+
+
+def check_jpeg(data: bytes, *, slot: str | None = None) -> tuple[int, int]:
+    """SOI/EOI markers plus a real header decode; returns (width, height)."""
+    if not data:
+        raise ImageDecodeError("image is empty", slot=slot)
+    if not data.startswith(SOI):
+        kind = "PNG" if data.startswith(b"\x89PNG") else "not a JPEG"
+        raise ImageDecodeError(f"image has no JPEG start marker ({kind})", slot=slot)
+    # A JPEG may be followed by padding; the EOI marker must be in the last bytes.
+    if EOI not in data[-64:]:
+        raise ImageDecodeError("image has no JPEG end marker (truncated?)", slot=slot)
+    try:
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ImageDecodeError("image header does not decode as JPEG", slot=slot) from None
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError("image has no dimensions", slot=slot)
+    return width, height
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_image(slot: str, data: bytes) -> CheckedImage:
+    """Check decoded bytes and hash them once."""
+    width, height = check_jpeg(data, slot=slot)
+    return CheckedImage(slot=slot, data=data, sha256=sha256_hex(data), width=width, height=height)
+
+
+def decode_and_check(slot: str, text: str, *, max_bytes: int) -> CheckedImage:
+    """Base64 text → checked, hashed JPEG."""
+    return check_image(slot, decode_base64(text, slot=slot, max_bytes=max_bytes))

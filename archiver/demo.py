@@ -1,0 +1,301 @@
+"""``idpass-archiver demo``: the whole product on one machine, nothing to set up.
+
+Starts the ID Pass sandbox and a SeaweedFS S3 server on free loopback ports,
+registers and completes a few dozen passes with varied retention and images,
+imports the sandbox's pass ledger into the catalog (as a customer would import
+their KYC export), runs one archival cycle, reads everything back and checks it,
+then prints a summary. Both servers stop on exit, Ctrl+C and SIGTERM included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+import orjson
+
+from archiver import config as config_mod
+from archiver.app import run_cycle, runtime
+from archiver.catalog.keys import new_catalog_secret
+from archiver.clock import isoformat
+from archiver.core import manifest as mf
+from archiver.core.layout import Layout
+from archiver.logging import configure
+from archiver.pipeline import RunSummary
+from archiver.sources.file import read_file
+from archiver.store import ObjectStore
+
+# (how many, what to ask the sandbox for, the outcome we expect)
+PLAN: list[tuple[int, dict[str, Any], str]] = [
+    (12, {"image_retention_days": 30}, "archived"),
+    (
+        5,
+        {
+            "image_retention_days": 365,
+            "slots": [
+                "probe",
+                "document_1_front",
+                "document_1_back",
+                "document_1_photo",
+                "document_2_front",
+                "document_2_back",
+                "document_2_photo",
+                "id_photo",
+                "id_photo_cropped",
+            ],
+        },
+        "archived",
+    ),
+    (5, {"image_retention_days": 7, "slots": ["probe", "document_1_front"]}, "archived"),
+    (
+        2,
+        {
+            "image_retention_days": 1,
+            "slots": [
+                "probe",
+                "document_1_front",
+                "document_1_back",
+                "document_1_photo",
+                "document_2_front",
+                "document_2_back",
+                "document_2_photo",
+                "document_3_front",
+                "document_3_back",
+                "document_3_photo",
+                "id_photo",
+                "id_photo_cropped",
+            ],
+        },
+        "archived",
+    ),
+    (4, {"image_retention_days": 0}, "no_images"),
+    (3, {"image_retention_days": 3, "completed_days_ago": 10}, "expired"),
+    (2, {"image_retention_days": 30, "status": "in_progress"}, "not_ready"),
+    (2, {"image_retention_days": 30, "status": "cancelled"}, "skipped"),
+    (1, {"image_retention_days": 30, "status": "failed"}, "skipped"),
+]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
+@dataclass
+class _Say:
+    quiet: bool
+
+    def __call__(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+
+
+def _seed(admin: httpx.Client) -> dict[str, str]:
+    """Create the demo passes; return pass id → expected outcome."""
+    now = datetime.fromisoformat(admin.get("/_sandbox/clock").json()["now"].replace("Z", "+00:00"))
+    expected: dict[str, str] = {}
+    for count, spec, outcome in PLAN:
+        body = {k: v for k, v in spec.items() if k != "completed_days_ago"}
+        body["count"] = count
+        if "completed_days_ago" in spec:
+            body["completed_at"] = isoformat(now - timedelta(days=spec["completed_days_ago"]))
+        r = admin.post("/_sandbox/passes", json=body)
+        r.raise_for_status()
+        for p in r.json()["passes"]:
+            expected[p["id"]] = outcome
+    return expected
+
+
+def _read_back(
+    store: ObjectStore, layout: Layout, admin: httpx.Client, archived: list[str]
+) -> tuple[int, int, list[str]]:
+    """Fetch every archived object again; compare hashes with the manifest and the sandbox."""
+    objects = nbytes = 0
+    problems: list[str] = []
+    for pid in archived:
+        data = store.get(layout.manifest(pid))
+        doc = mf.parse_manifest(data)
+        for entry in doc["objects"]:
+            body = store.get(entry["key"], version_id=entry["version_id"])
+            objects += 1
+            nbytes += len(body)
+            if hashlib.sha256(body).hexdigest() != entry["sha256"]:
+                problems.append(f"{entry['key']}: SHA-256 differs from the manifest")
+            if entry["role"] == "image":
+                original = admin.get(f"/_sandbox/passes/{pid}/images/{entry['slot']}")
+                if original.status_code != 200 or original.content != body:
+                    problems.append(f"{entry['key']}: bytes differ from the sandbox's image")
+    return objects, nbytes, problems
+
+
+def run_demo(workdir: Path | None = None, as_json: bool = False) -> int:
+    from archiver.sandbox.seaweedfs import SeaweedFS
+    from archiver.sandbox.server import SandboxServer
+
+    say = _Say(quiet=False)
+    configure("warning", "auto", sys.stderr)
+    workdir = (workdir or Path(tempfile.mkdtemp(prefix="idpass-archiver-demo-"))).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / "catalog.db").exists():
+        print(
+            f"idpass-archiver demo: {workdir} already holds a demo; choose an empty --workdir",
+            file=sys.stderr,
+        )
+        return 2
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    t0 = time.monotonic()
+    token = secrets.token_urlsafe(24)
+    access_key, secret_key = "demo" + secrets.token_hex(6), secrets.token_urlsafe(24)
+    try:
+        say(f"work dir: {workdir}")
+        say("starting SeaweedFS (S3) and the ID Pass sandbox on loopback ...")
+        with (
+            SeaweedFS(workdir / "s3", access_key=access_key, secret_key=secret_key) as s3,
+            SandboxServer(token) as sandbox,
+        ):
+            settings_text = resources.files("archiver").joinpath("demo.toml").read_text("utf-8")
+            config_path = workdir / "archiver.toml"
+            config_path.write_text(settings_text, encoding="utf-8")
+            _write_secret(workdir / "api-token", token)
+            _write_secret(workdir / "catalog.key", new_catalog_secret())
+            environ = {
+                "IDPASS_ARCHIVER_API__BASE_URL": f'"{sandbox.base_url}"',
+                "IDPASS_ARCHIVER_API__TOKEN_FILE": f'"{workdir / "api-token"}"',
+                "IDPASS_ARCHIVER_STORAGE__ENDPOINT_URL": f'"{s3.endpoint_url}"',
+                "IDPASS_ARCHIVER_CATALOG__URL": f'"sqlite:///{workdir / "catalog.db"}"',
+                "IDPASS_ARCHIVER_CATALOG__KEY_FILE": f'"{workdir / "catalog.key"}"',
+            }
+            settings = config_mod.load(config_path, environ)
+            s3.create_bucket(settings.storage.bucket, object_lock=True)
+
+            with httpx.Client(
+                base_url=sandbox.base_url,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            ) as admin:
+                expected = _seed(admin)
+                say(f"registered and completed {len(expected)} passes in the sandbox")
+                ledger = workdir / "ledger.jsonl"
+                ledger.write_bytes(admin.get("/_sandbox/ledger").content)
+                os.chmod(ledger, 0o600)  # it holds cipher keys, as the customer's export would
+                items, bad = read_file(ledger)
+                say(
+                    f"exported the sandbox's pass ledger: {len(items)} passes, {len(bad)} bad lines"
+                )
+
+                with runtime(settings, credentials=(access_key, secret_key)) as rt:
+                    stats = rt.catalog.upsert(items)
+                    say(f"imported into the catalog: {stats.added} new")
+                    say("running one archival cycle ...")
+                    summary: RunSummary = asyncio.run(run_cycle(rt))
+                    layout = Layout(settings.storage.clean_prefix)
+                    archived = [r.pass_id for r in summary.results if r.outcome.value == "archived"]
+                    say("reading everything back ...")
+                    objects, nbytes, problems = _read_back(rt.store, layout, admin, archived)
+                    got = {r.pass_id: r.outcome.value for r in summary.results}
+                    mismatched = sorted(
+                        pid for pid, want in expected.items() if got.get(pid) != want
+                    )
+                    sample = sorted(archived)[0] if archived else None
+                    sample_doc = (
+                        orjson.loads(rt.store.get(layout.manifest(sample))) if sample else None
+                    )
+            # (both servers stop here)
+        result = {
+            "work_dir": str(workdir),
+            "passes": len(expected),
+            "outcomes": dict(Counter(r.outcome.value for r in summary.results)),
+            "images": sum(r.images for r in summary.results),
+            "image_bytes": sum(r.image_bytes for r in summary.results),
+            "read_back": {"objects": objects, "bytes": nbytes, "problems": problems},
+            "unexpected_outcomes": mismatched,
+            "run_exit_code": summary.exit_code,
+            "bucket": settings.storage.bucket,
+            "prefix": settings.storage.clean_prefix,
+            "sample_manifest_key": Layout(settings.storage.clean_prefix).manifest(sample)
+            if sample
+            else None,
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+        ok = not problems and not mismatched and bool(archived)
+        if as_json:
+            sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            _print_summary(result, sample_doc, workdir, ok)
+        return 0 if ok else 1
+    except (KeyboardInterrupt, _Stop):
+        print("\nidpass-archiver demo: interrupted; servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_summary(
+    result: dict[str, Any], sample_doc: dict[str, Any] | None, workdir: Path, ok: bool
+) -> None:
+    mb = result["image_bytes"] / 1e6
+    print()
+    print("idpass-archiver demo: summary")
+    print(f"  passes:   {result['passes']} in the sandbox, all imported from its ledger")
+    for outcome, n in sorted(result["outcomes"].items()):
+        print(f"    {outcome:<10} {n}")
+    print(f"  images:   {result['images']} archived, {mb:.1f} MB")
+    rb = result["read_back"]
+    verdict = "all match" if not rb["problems"] else f"{len(rb['problems'])} PROBLEMS"
+    print(
+        f"  read back: {rb['objects']} objects, {rb['bytes'] / 1e6:.1f} MB, "
+        f"SHA-256 and bytes vs the sandbox: {verdict}"
+    )
+    for p in rb["problems"][:10]:
+        print(f"    {p}")
+    if result["unexpected_outcomes"]:
+        print(f"  unexpected outcomes for: {', '.join(result['unexpected_outcomes'])}")
+    print(
+        f"  a real run would exit {result['run_exit_code']}"
+        + (
+            "  (4 = passes expired before archiving: the compliance alarm)"
+            if result["run_exit_code"] == 4
+            else ""
+        )
+    )
+    print(f"  took {result['seconds']} s")
+    print()
+    print("where it is:")
+    print(f"  s3://{result['bucket']}/{result['prefix']}/passes/<pass_id>/  (SSE-KMS, versioned)")
+    print(f"  S3 data, catalog and config: {workdir}")
+    if sample_doc:
+        print(f"  sample manifest: s3://{result['bucket']}/{result['sample_manifest_key']}")
+        for o in sample_doc["objects"]:
+            print(
+                f"    {o['key'].rsplit('/', 2)[-2:][0]}/{o['key'].rsplit('/', 1)[-1]:<28}"
+                f" {o['size']:>9} B  sha256 {o['sha256'][:16]}…"
+            )
+    print()
+    print("how to look at it:")
+    print(f"  idpass-archiver status --config {workdir / 'archiver.toml'}")
+    print("  (S3 stopped with the demo; its data stays in the work dir above)")
+    print()
+    print("demo result:", "OK" if ok else "FAILED")

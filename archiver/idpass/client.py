@@ -1,0 +1,283 @@
+"""Async client for the ID Pass API: the only code that speaks HTTP to GlobalData.
+
+Every httpx exception is translated here into the :mod:`archiver.errors` tree.
+Error messages carry the HTTP status and the API's error *code* at most: never the
+response body, which may echo personal data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import orjson
+from pydantic import ValidationError
+
+from archiver.errors import (
+    ApiAuthError,
+    ApiBadRequest,
+    ApiError,
+    ApiMalformedResponse,
+    ApiNotFound,
+    ApiRateLimited,
+    ApiServerError,
+    ApiTransportError,
+)
+from archiver.idpass import crypto
+from archiver.idpass.models import (
+    IMAGES_FIELD,
+    CancelResult,
+    PassDetails,
+    RegisterResult,
+    unwrap,
+)
+
+USER_AGENT = "idpass-archiver"
+
+
+@dataclass(frozen=True, slots=True)
+class PassRead:
+    """One details read: the typed view, the record to archive, and the raw image strings.
+
+    ``record`` is the response without images (its text fields decrypted when
+    decryption was local). ``images`` maps slot → Base64 JPEG, or an encrypted token
+    (:func:`archiver.idpass.crypto.decrypt_value` opens it to JPEG bytes) when
+    ``encrypted``,
+    with absent and null slots left out; ``images_field_present`` tells whether the
+    response had an ``images`` object at all.
+    """
+
+    details: PassDetails
+    record: dict[str, Any] = field(repr=False)
+    images: dict[str, str] = field(repr=False)
+    images_field_present: bool
+    null_slots: tuple[str, ...]
+    encrypted: bool
+    response_bytes: int
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # HTTP-date form: let the caller use its own backoff
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _error_code(response: httpx.Response) -> str:
+    """The API's machine error code, if the body is JSON with one (never the message)."""
+    try:
+        doc = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return "non_json_body"
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        code = err.get("code") if isinstance(err, dict) else None
+        if isinstance(code, str):
+            return code[:64]
+    return "unspecified"
+
+
+class IdPassClient:
+    """``async with IdPassClient(base_url, token) as api: await api.details(pass_id)``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_connections: int = 16,
+        verify_tls: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+            },
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            verify=verify_tls,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, path: str, body: dict[str, Any], pass_id: str | None) -> Any:
+        return (await self._post_sized(path, body, pass_id))[0]
+
+    async def _post_sized(
+        self, path: str, body: dict[str, Any], pass_id: str | None
+    ) -> tuple[Any, int]:
+        try:
+            response = await self._http.post(path, content=orjson.dumps(body))
+        except httpx.TimeoutException as exc:
+            raise ApiTransportError(
+                f"{path}: timed out ({type(exc).__name__})", pass_id=pass_id
+            ) from None
+        except httpx.TransportError as exc:
+            raise ApiTransportError(
+                f"{path}: transport failure ({type(exc).__name__})", pass_id=pass_id
+            ) from None
+        status = response.status_code
+        if status >= 400:
+            code = _error_code(response)
+            msg = f"{path}: HTTP {status} ({code})"
+            exc_type: type[ApiError]
+            if status in (401, 403):
+                exc_type = ApiAuthError
+            elif status == 404:
+                exc_type = ApiNotFound
+            elif status == 429:
+                raise ApiRateLimited(
+                    msg,
+                    pass_id=pass_id,
+                    retry_after=_retry_after(response.headers.get("Retry-After")),
+                )
+            elif status >= 500:
+                exc_type = ApiServerError
+            elif status in (400, 409, 422):
+                exc_type = ApiBadRequest
+            else:
+                exc_type = ApiMalformedResponse
+            raise exc_type(msg, pass_id=pass_id, status_code=status)
+        ctype = response.headers.get("content-type", "")
+        if "json" not in ctype.lower():
+            raise ApiMalformedResponse(
+                f"{path}: expected JSON, got content-type {ctype[:40]!r}",
+                pass_id=pass_id,
+                status_code=status,
+            )
+        content = response.content
+        try:
+            return unwrap(orjson.loads(content)), len(content)
+        except orjson.JSONDecodeError:
+            raise ApiMalformedResponse(
+                f"{path}: body is not valid JSON ({len(response.content)} bytes)",
+                pass_id=pass_id,
+                status_code=status,
+            ) from None
+
+    async def details(
+        self,
+        pass_id: str,
+        cipher_key: str | None = None,
+        *,
+        images: bool = True,
+        documents: bool = False,
+        logs: bool = False,
+        decrypt_locally_with: str | None = None,
+    ) -> PassRead:
+        """Read a pass. With ``decrypt_locally_with``, the key never leaves this process."""
+        body: dict[str, Any] = {
+            "id": pass_id,
+            "return_images": images,
+            "return_documents": documents,
+            "return_logs": logs,
+        }
+        if cipher_key is not None:
+            body["cipher_key"] = cipher_key
+        doc, size = await self._post_sized("/idpass/details", body, pass_id)
+        read = parse_details(doc, pass_id, decrypt_locally_with=decrypt_locally_with)
+        return dataclasses.replace(read, response_bytes=size)
+
+    async def register(self, **fields: Any) -> RegisterResult:
+        doc = await self._post("/idpass/register", fields, None)
+        try:
+            return RegisterResult.model_validate(doc)
+        except ValidationError:
+            raise ApiMalformedResponse("/idpass/register: unexpected response shape") from None
+
+    async def cancel(self, pass_id: str) -> CancelResult:
+        doc = await self._post("/idpass/cancel", {"id": pass_id}, pass_id)
+        try:
+            return CancelResult.model_validate(doc)
+        except ValidationError:
+            raise ApiMalformedResponse(
+                "/idpass/cancel: unexpected response shape", pass_id=pass_id
+            ) from None
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    """Which fields failed, without their values (they may be personal)."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['type']}")
+    return "; ".join(parts)
+
+
+def parse_details(doc: Any, pass_id: str, *, decrypt_locally_with: str | None = None) -> PassRead:
+    """Turn a decoded details document into a :class:`PassRead` (pure; no I/O)."""
+    if not isinstance(doc, dict):
+        raise ApiMalformedResponse(
+            f"/idpass/details: expected an object, got {type(doc).__name__}", pass_id=pass_id
+        )
+    encrypted = crypto.is_encrypted(doc)
+    if encrypted and decrypt_locally_with is not None:
+        doc = crypto.decrypt_response(doc, decrypt_locally_with, images=False)
+    raw_images = doc.get(IMAGES_FIELD)
+    record = {k: v for k, v in doc.items() if k != IMAGES_FIELD}
+    try:
+        details = PassDetails.model_validate(record)
+    except ValidationError as exc:
+        raise ApiMalformedResponse(
+            f"/idpass/details: response does not match the expected shape "
+            f"({_validation_summary(exc)})",
+            pass_id=pass_id,
+        ) from None
+    if details.id != pass_id:
+        raise ApiMalformedResponse(
+            "/idpass/details: response is for a different pass id", pass_id=pass_id
+        )
+    images: dict[str, str] = {}
+    null_slots: list[str] = []
+    if raw_images is not None and not isinstance(raw_images, dict):
+        raise ApiMalformedResponse(
+            f"/idpass/details: images is a {type(raw_images).__name__}, not an object",
+            pass_id=pass_id,
+        )
+    for slot, value in (raw_images or {}).items():
+        if value is None:
+            null_slots.append(slot)
+        elif isinstance(value, str):
+            images[slot] = value
+        else:
+            raise ApiMalformedResponse(
+                f"/idpass/details: image slot {slot[:40]!r} is a {type(value).__name__}",
+                pass_id=pass_id,
+            )
+    return PassRead(
+        details=details,
+        record=record,
+        images=images,
+        images_field_present=raw_images is not None,
+        null_slots=tuple(null_slots),
+        encrypted=encrypted,
+        response_bytes=0,
+    )

@@ -1,0 +1,622 @@
+"""One archival cycle, composed from the boundaries.
+
+For each due pass, most urgent first, with bounded concurrency:
+
+1. if its manifest already exists, record it as archived (no image fetch);
+2. read ``/idpass/details`` with images;
+3. classify: not complete yet → ``not_ready``; a status not archived → ``skipped``;
+   no images → ``no_images`` (retention 0 or none inside the window) or ``expired``
+   (the window closed before archival);
+4. decode the Base64, check each JPEG, hash it once;
+5. put the images, ``record.json`` and ``SHA256SUMS``; then ``manifest.json`` last;
+6. mark the pass archived in the catalog.
+
+A failure in one pass becomes that pass's outcome with a reason; a systemic failure
+(bad token, store refusing us, catalog down) stops the run: passes in flight finish,
+no new ones start, and the exit code says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+import structlog
+
+from archiver import __version__
+from archiver.catalog import Catalog, CatalogEntry, Outcome, OutcomeUpdate
+from archiver.clock import Clock, isoformat
+from archiver.core import manifest as mf
+from archiver.core.images import (
+    CheckedImage,
+    check_image,
+    decode_base64,
+    sha256_hex,
+    valid_slot_name,
+)
+from archiver.core.layout import Layout
+from archiver.core.retention import images_deadline
+from archiver.errors import (
+    ArchiverError,
+    DecryptionError,
+    ImageDecodeError,
+    ObjectConflict,
+    PayloadError,
+)
+from archiver.idpass import crypto
+from archiver.idpass.client import PassRead
+from archiver.idpass.models import SLOTS
+from archiver.store import ObjectStore, PutResult
+
+log = structlog.get_logger("archiver.pipeline")
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+EXIT_SYSTEMIC = 3
+EXIT_EXPIRED = 4
+
+
+class DetailsReader(Protocol):
+    async def details(
+        self,
+        pass_id: str,
+        cipher_key: str | None = None,
+        *,
+        images: bool = True,
+        documents: bool = False,
+        logs: bool = False,
+        decrypt_locally_with: str | None = None,
+    ) -> PassRead: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    concurrency: int = 6
+    max_image_bytes: int = 15 * 1024 * 1024
+    archive_statuses: tuple[str, ...] = ("complete",)
+    decryption: str = "server"
+    batch_size: int = 500
+    max_attempts: int = 5
+    retry_base: timedelta = timedelta(minutes=5)
+    retry_cap: timedelta = timedelta(hours=6)
+    not_ready_recheck: timedelta = timedelta(hours=1)
+    sse: str = "aws:kms"
+    kms_key_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    pass_id: str
+    outcome: Outcome
+    reason: str | None = None
+    images: int = 0
+    image_bytes: int = 0
+    objects_written: int = 0
+    objects_reused: int = 0
+    manifest_key: str | None = None
+    manifest_sha256: str | None = None
+    already_archived: bool = False
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    results: list[PassResult] = field(default_factory=list)
+    systemic_error: str | None = None
+    dry_run: bool = False
+    planned: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        c = Counter(r.outcome.value for r in self.results)
+        return {o.value: c.get(o.value, 0) for o in Outcome if o is not Outcome.PENDING}
+
+    @property
+    def exit_code(self) -> int:
+        counts = self.counts
+        if self.systemic_error:
+            return EXIT_SYSTEMIC
+        if counts["expired"]:
+            return EXIT_EXPIRED
+        if counts["failed"] or counts["retry"]:
+            return EXIT_INCOMPLETE
+        return EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "started_at": isoformat(self.started_at),
+            "finished_at": isoformat(self.finished_at) if self.finished_at else None,
+            "dry_run": self.dry_run,
+            "passes": len(self.results),
+            "counts": self.counts,
+            "images": sum(r.images for r in self.results),
+            "image_bytes": sum(r.image_bytes for r in self.results),
+            "objects_written": sum(r.objects_written for r in self.results),
+            "objects_reused": sum(r.objects_reused for r in self.results),
+            "already_archived": sum(1 for r in self.results if r.already_archived),
+            "expired_ids": sorted(r.pass_id for r in self.results if r.outcome is Outcome.EXPIRED),
+            "failed": sorted(
+                (
+                    {"pass_id": r.pass_id, "reason": r.reason}
+                    for r in self.results
+                    if r.outcome in (Outcome.FAILED, Outcome.RETRY)
+                ),
+                key=lambda d: str(d["pass_id"]),
+            ),
+            "systemic_error": self.systemic_error,
+            "exit_code": self.exit_code,
+            "planned": self.planned if self.dry_run else None,
+        }
+
+
+class _Abort(Exception):
+    """Raised inside a pass when the whole run must stop (systemic failure)."""
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        api: DetailsReader,
+        store: ObjectStore,
+        catalog: Catalog,
+        layout: Layout,
+        options: PipelineOptions,
+        clock: Clock,
+        executor: ThreadPoolExecutor,
+    ) -> None:
+        self.api = api
+        self.store = store
+        self.catalog = catalog
+        self.layout = layout
+        self.opt = options
+        self.clock = clock
+        self.executor = executor
+        self._stop = asyncio.Event()
+        self._systemic: str | None = None
+        # What a details read taught us about a pass, saved with its outcome.
+        self._learned: dict[str, dict[str, Any]] = {}
+
+    # -- running ------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Finish passes in flight; start no new ones."""
+        self._stop.set()
+
+    async def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    async def run(
+        self,
+        *,
+        limit: int | None = None,
+        pass_ids: Sequence[str] | None = None,
+        dry_run: bool = False,
+        run_id: str | None = None,
+    ) -> RunSummary:
+        summary = RunSummary(
+            run_id=run_id or new_run_id(self.clock.now()),
+            started_at=self.clock.now(),
+            dry_run=dry_run,
+        )
+        bound = structlog.contextvars.bound_contextvars(run_id=summary.run_id)
+        with bound:
+            log.info("run_started", dry_run=dry_run, limit=limit)
+            if dry_run:
+                summary.planned = self._plan(limit, pass_ids)
+            else:
+                await self._work(summary, limit, pass_ids)
+            summary.finished_at = self.clock.now()
+            summary.systemic_error = self._systemic
+        return summary
+
+    def _plan(self, limit: int | None, pass_ids: Sequence[str] | None) -> list[dict[str, Any]]:
+        entries = (
+            self._select_explicit(pass_ids)
+            if pass_ids
+            else self.catalog.due(self.clock.now(), limit or 1_000_000)
+        )
+        planned = []
+        for e in entries[: limit or None]:
+            planned.append(
+                {
+                    "pass_id": e.pass_id,
+                    "state": e.state.value,
+                    "deadline": isoformat(e.deadline) if e.deadline else None,
+                    "would_write_under": self.layout.pass_dir(e.pass_id),
+                }
+            )
+        return planned
+
+    def _select_explicit(self, pass_ids: Sequence[str]) -> list[CatalogEntry]:
+        found = []
+        for pid in pass_ids:
+            entry = self.catalog.get(pid)
+            if entry is None:
+                raise ArchiverError(f"pass {pid} is not in the catalog; enqueue it first")
+            found.append(entry)
+        return found
+
+    async def _work(
+        self, summary: RunSummary, limit: int | None, pass_ids: Sequence[str] | None
+    ) -> None:
+        queue: asyncio.Queue[CatalogEntry | None] = asyncio.Queue(maxsize=self.opt.concurrency * 2)
+
+        async def worker() -> None:
+            while True:
+                entry = await queue.get()
+                if entry is None:
+                    return
+                if self._stop.is_set():
+                    continue
+                result = await self._one(entry)
+                if result is not None:
+                    summary.results.append(result)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.opt.concurrency)]
+        try:
+            fed = 0
+            seen: set[str] = set()
+            if pass_ids:
+                batches: list[list[CatalogEntry]] = [self._select_explicit(pass_ids)]
+            else:
+                batches = []
+            while not self._stop.is_set():
+                if pass_ids:
+                    if not batches:
+                        break
+                    batch = batches.pop()
+                else:
+                    want = self.opt.batch_size
+                    if limit is not None:
+                        want = min(want, limit - fed)
+                    if want <= 0:
+                        break
+                    batch = [
+                        e
+                        for e in self.catalog.due(self.clock.now(), want + len(seen))
+                        if e.pass_id not in seen
+                    ][:want]
+                    if not batch:
+                        break
+                for entry in batch:
+                    if self._stop.is_set():
+                        break
+                    seen.add(entry.pass_id)
+                    fed += 1
+                    await queue.put(entry)
+        finally:
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+
+    # -- one pass -----------------------------------------------------------------
+
+    async def _one(self, entry: CatalogEntry) -> PassResult | None:
+        with structlog.contextvars.bound_contextvars(pass_id=entry.pass_id):
+            try:
+                result = await self._archive(entry)
+            except _Abort:
+                return None
+            except ArchiverError as exc:
+                if exc.systemic:
+                    self._fail_systemic(exc)
+                    return None
+                result = self._error_result(entry, exc)
+            except Exception as exc:  # a bug must not take the whole run down
+                where = _where(exc)
+                log.error("pass_crashed", error_type=type(exc).__name__, where=where)
+                result = PassResult(
+                    entry.pass_id, Outcome.RETRY, f"internal_error: {type(exc).__name__} at {where}"
+                )
+            try:
+                self._record(entry, result)
+            except ArchiverError as exc:
+                self._fail_systemic(exc)
+                return None
+            log.info(
+                "pass_done",
+                outcome=result.outcome.value,
+                reason=result.reason,
+                images=result.images,
+                image_bytes=result.image_bytes,
+            )
+            return result
+
+    def _fail_systemic(self, exc: ArchiverError) -> None:
+        if self._systemic is None:
+            self._systemic = f"{exc.reason}: {exc}"
+            log.error("run_aborted", reason=exc.reason, error=str(exc))
+        self._stop.set()
+
+    def _error_result(self, entry: CatalogEntry, exc: ArchiverError) -> PassResult:
+        reason = f"{exc.reason}: {exc}"
+        if exc.retryable and entry.attempts + 1 < self.opt.max_attempts:
+            return PassResult(entry.pass_id, Outcome.RETRY, reason)
+        if exc.retryable:
+            reason = f"attempts exhausted ({self.opt.max_attempts}); last: {reason}"
+        return PassResult(entry.pass_id, Outcome.FAILED, reason)
+
+    def _record(self, entry: CatalogEntry, result: PassResult) -> None:
+        now = self.clock.now()
+        next_at = None
+        if result.outcome is Outcome.RETRY:
+            delay = min(self.opt.retry_base * (2**entry.attempts), self.opt.retry_cap)
+            next_at = now + delay
+        elif result.outcome is Outcome.NOT_READY:
+            delay = self.opt.not_ready_recheck * (2**entry.attempts)
+            next_at = now + min(delay, self.opt.retry_cap)
+        self.catalog.record(
+            OutcomeUpdate(
+                pass_id=entry.pass_id,
+                outcome=result.outcome,
+                reason=result.reason,
+                manifest_key=result.manifest_key,
+                manifest_sha256=result.manifest_sha256,
+                next_attempt_at=next_at,
+                **self._learned.pop(entry.pass_id, {}),
+            ),
+            now,
+        )
+
+    def _learn(self, pass_id: str, **values: Any) -> None:
+        self._learned.setdefault(pass_id, {}).update(values)
+
+    async def _archive(self, entry: CatalogEntry) -> PassResult:
+        pid = entry.pass_id
+        existing = await self._existing_manifest(pid)
+        if existing is not None:
+            return existing
+
+        local = self.opt.decryption == "local"
+        key = entry.cipher_key
+        read = await self.api.details(
+            pid,
+            None if local else key,
+            images=True,
+            decrypt_locally_with=key if local else None,
+        )
+        d = read.details
+        deadline = images_deadline(d.completed_at, d.image_retention_days)
+        self._learn(
+            pid,
+            api_status=d.status,
+            completed_at=d.completed_at,
+            image_retention_days=d.image_retention_days,
+            deadline=deadline,
+        )
+        if not d.is_terminal:
+            return PassResult(pid, Outcome.NOT_READY, f"status {d.status}")
+        if d.status not in self.opt.archive_statuses:
+            return PassResult(pid, Outcome.SKIPPED, f"status {d.status} is not archived by config")
+        if d.completed_at is None:
+            raise PayloadError("terminal pass has no completed_at", pass_id=pid)
+
+        if not read.images:
+            return self._no_images(pid, d.image_retention_days, deadline, read)
+
+        if read.encrypted and not local:
+            raise DecryptionError(
+                "images arrived encrypted: no cipher key is known for this pass "
+                "(add it to the catalog, or use decryption = local with the key)",
+                pass_id=pid,
+            )
+        images = await self._check_images(pid, read, key if local else None)
+        return await self._write(entry, read, images, deadline)
+
+    def _no_images(
+        self, pid: str, retention: int | None, deadline: datetime | None, read: PassRead
+    ) -> PassResult:
+        if retention == 0:
+            return PassResult(pid, Outcome.NO_IMAGES, "image_retention_days is 0")
+        if deadline is not None and self.clock.now() >= deadline:
+            return PassResult(
+                pid, Outcome.EXPIRED, f"retention window closed at {isoformat(deadline)}"
+            )
+        if not read.images_field_present:
+            return PassResult(pid, Outcome.NO_IMAGES, "response has no images field")
+        return PassResult(pid, Outcome.NO_IMAGES, "no images returned inside the window")
+
+    async def _existing_manifest(self, pid: str) -> PassResult | None:
+        key = self.layout.manifest(pid)
+        info = await self._io(self.store.head, key)
+        if info is None:
+            return None
+        data: bytes = await self._io(self.store.get, key)
+        doc = mf.parse_manifest(data)
+        return PassResult(
+            pid,
+            Outcome.ARCHIVED,
+            "manifest already present",
+            images=int(doc["image_count"]),
+            image_bytes=int(doc["image_bytes"]),
+            manifest_key=key,
+            manifest_sha256=sha256_hex(data),
+            already_archived=True,
+        )
+
+    async def _check_images(
+        self, pid: str, read: PassRead, local_key: str | None
+    ) -> list[CheckedImage]:
+        raw_key = crypto.parse_key(local_key) if local_key is not None else None
+        limit = self.opt.max_image_bytes
+
+        def one(slot: str, text: str) -> CheckedImage:
+            if not valid_slot_name(slot):
+                raise ImageDecodeError("image slot name is not a safe key segment", pass_id=pid)
+            if raw_key is not None:
+                data = crypto.decrypt_value(raw_key, text)
+                if len(data) > limit:
+                    raise ImageDecodeError(
+                        f"image exceeds the size limit of {limit} bytes", slot=slot
+                    )
+            else:
+                data = decode_base64(text, slot=slot, max_bytes=limit)
+            return check_image(slot, data)
+
+        tasks = [self._io(one, slot, text) for slot, text in read.images.items()]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        checked: list[CheckedImage] = []
+        for slot, res in zip(read.images, results, strict=True):
+            if isinstance(res, PayloadError):
+                res.pass_id = pid
+                raise type(res)(f"slot {slot}: {res.message}", pass_id=pid, slot=slot)
+            if isinstance(res, BaseException):
+                raise res
+            checked.append(res)
+        return checked
+
+    async def _put(
+        self, pid: str, key: str, data: bytes, sha: str, ctype: str, *, adopt: bool = False
+    ) -> PutResult:
+        try:
+            res: PutResult = await self._io(
+                self.store.put, key, data, sha256=sha, content_type=ctype
+            )
+            return res
+        except ObjectConflict:
+            if not adopt:
+                raise
+        # An earlier, interrupted attempt stored a different but genuine record for
+        # this pass and never wrote the manifest. Keep that object rather than
+        # replacing it, and list it as it is.
+        info = await self._io(self.store.head, key)
+        if info is None or info.sha256 is None:
+            raise ObjectConflict(
+                "object changed while being adopted",
+                key=key,
+                existing_sha256=None,
+                new_sha256=sha,
+                pass_id=pid,
+            )
+        log.warning("record_adopted", key=key)
+        return PutResult(
+            key=key, size=info.size, sha256=info.sha256, version_id=info.version_id, reused=True
+        )
+
+    async def _write(
+        self,
+        entry: CatalogEntry,
+        read: PassRead,
+        images: list[CheckedImage],
+        deadline: datetime | None,
+    ) -> PassResult:
+        pid = entry.pass_id
+        d = read.details
+        lay = self.layout
+        image_puts = [
+            self._put(pid, lay.image(pid, img.slot), img.data, img.sha256, "image/jpeg")
+            for img in images
+        ]
+        record_bytes = orjson.dumps(read.record, option=orjson.OPT_SORT_KEYS)
+        record_put = self._put(
+            pid,
+            lay.record(pid),
+            record_bytes,
+            sha256_hex(record_bytes),
+            "application/json",
+            adopt=True,
+        )
+        results: list[PutResult] = await asyncio.gather(*image_puts, record_put)
+        image_results, record_result = results[:-1], results[-1]
+
+        entries: list[mf.ObjectEntry] = []
+        for img, res in zip(images, image_results, strict=True):
+            entries.append(
+                mf.ObjectEntry(
+                    role="image",
+                    key=res.key,
+                    size=img.size,
+                    sha256=img.sha256,
+                    content_type="image/jpeg",
+                    version_id=res.version_id,
+                    slot=img.slot,
+                    width=img.width,
+                    height=img.height,
+                )
+            )
+        entries.append(
+            mf.ObjectEntry(
+                role="record",
+                key=record_result.key,
+                size=record_result.size,
+                sha256=record_result.sha256,
+                content_type="application/json",
+                version_id=record_result.version_id,
+            )
+        )
+        sums = mf.sha256sums([(lay.relative(pid, e.key), e.sha256) for e in entries])
+        sums_res = await self._put(
+            pid, lay.sums(pid), sums, sha256_hex(sums), "text/plain; charset=us-ascii", adopt=True
+        )
+        entries.append(
+            mf.ObjectEntry(
+                role="checksums",
+                key=sums_res.key,
+                size=sums_res.size,
+                sha256=sums_res.sha256,
+                content_type="text/plain; charset=us-ascii",
+                version_id=sums_res.version_id,
+            )
+        )
+        present = {img.slot for img in images}
+        missing = [s for s in SLOTS if s not in present]
+        doc = mf.build_manifest(
+            pass_id=pid,
+            run_id=structlog.contextvars.get_contextvars().get("run_id", "unknown"),
+            archived_at=self.clock.now(),
+            archiver_version=__version__,
+            status=d.status,
+            verification_status=d.verification_status,
+            created_at=d.created_at,
+            completed_at=d.completed_at,
+            image_retention_days=d.image_retention_days,
+            images_deadline=deadline,
+            objects=entries,
+            missing_slots=missing,
+            decryption=self.opt.decryption,
+            sse=self.opt.sse,
+            kms_key_id=self.opt.kms_key_id,
+        )
+        data, digest = mf.manifest_bytes(doc)
+        mkey = lay.manifest(pid)
+        await self._put(pid, mkey, data, digest, "application/json")
+        written = sum(1 for r in [*results, sums_res] if not r.reused) + 1
+        reused = sum(1 for r in [*results, sums_res] if r.reused)
+        return PassResult(
+            pid,
+            Outcome.ARCHIVED,
+            None,
+            images=len(images),
+            image_bytes=sum(i.size for i in images),
+            objects_written=written,
+            objects_reused=reused,
+            manifest_key=mkey,
+            manifest_sha256=digest,
+        )
+
+
+def new_run_id(now: datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frame: enough to find a bug, with no values in it."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "unknown"
+    return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
