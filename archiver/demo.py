@@ -189,7 +189,9 @@ def run_demo(workdir: Path | None = None, as_json: bool = False) -> int:
                 "IDPASS_ARCHIVER_CATALOG__KEY_FILE": f'"{workdir / "catalog.key"}"',
             }
             settings = config_mod.load(config_path, environ)
-            s3.create_bucket(settings.storage.bucket, object_lock=True)
+            s3.create_bucket(
+                settings.storage.bucket, object_lock=True, kms_key_id=settings.storage.kms_key_id
+            )
 
             with httpx.Client(
                 base_url=sandbox.base_url,

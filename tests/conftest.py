@@ -1,6 +1,7 @@
 """Shared fixtures: each lives in tests/fixtures/ and is registered here."""
 
 pytest_plugins = [
+    "tests.fixtures.pii",
     "tests.fixtures.sandbox",
     "tests.fixtures.s3",
 ]

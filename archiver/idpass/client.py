@@ -242,7 +242,10 @@ def parse_details(doc: Any, pass_id: str, *, decrypt_locally_with: str | None = 
     if encrypted and decrypt_locally_with is not None:
         doc = crypto.decrypt_response(doc, decrypt_locally_with, images=False)
     raw_images = doc.get(IMAGES_FIELD)
-    record = {k: v for k, v in doc.items() if k != IMAGES_FIELD}
+    drop = {IMAGES_FIELD}
+    if encrypted and decrypt_locally_with is not None:
+        drop.add(crypto.MARKER_FIELD)  # the record itself is now plaintext
+    record = {k: v for k, v in doc.items() if k not in drop}
     try:
         details = PassDetails.model_validate(record)
     except ValidationError as exc:

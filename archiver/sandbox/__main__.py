@@ -1,0 +1,61 @@
+"""``python -m archiver.sandbox``: serve the sandbox in the foreground.
+
+Prints one JSON line ``{"url": ...}`` to stdout once the server answers, then
+serves until SIGTERM or SIGINT, and exits 0 after a clean shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+import orjson
+
+from archiver.sandbox.server import SandboxServer
+from archiver.sandbox.state import SandboxState
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m archiver.sandbox", description="Serve the ID Pass API sandbox."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
+    parser.add_argument("--token", required=True, help="the bearer token clients must send")
+    parser.add_argument("--seed", type=int, default=None, help="make pass ids reproducible")
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+    server = SandboxServer(
+        args.token, host=args.host, port=args.port, state=SandboxState(seed=args.seed)
+    )
+    try:
+        server.start()
+    except RuntimeError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(orjson.dumps({"url": server.base_url}).decode() + "\n")
+    sys.stdout.flush()
+    try:
+        while not stop.wait(0.5):
+            if not server.running:
+                print("sandbox: server stopped unexpectedly", file=sys.stderr)
+                return 1
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Request-body validation for the sandbox: every rule of API.md about inputs.
+
+Each helper raises :class:`~archiver.sandbox.state.SandboxError` (400) naming the
+field and the rule, never echoing the value, which may be personal data. Unknown
+fields are ignored, as a lenient API would.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from typing import Any
+
+import orjson
+
+from archiver.idpass.models import SLOTS, STATUSES
+from archiver.sandbox.people import DOCUMENT_TYPES
+from archiver.sandbox.state import Fault, SandboxError
+
+DOCUMENT_VERIFICATIONS = ("dvs", "basic", "idsp")
+WEBHOOK_EVENTS = ("opened", "in_progress", "complete", "expired", "failed", "cancelled")
+IDENTITY_FIELDS = ("first_name", "middle_name", "last_name", "date_of_birth")
+FAULT_KINDS = ("status", "truncated", "corrupt_image", "delay")
+MAX_COUNT = 10_000
+
+
+def bad(field: str, rule: str, code: str = "invalid_field") -> SandboxError:
+    return SandboxError(400, code, f"{field}: {rule}")
+
+
+def read_object(body: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object (an empty body is ``{}`` if allowed)."""
+    if allow_empty and not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise SandboxError(400, "invalid_json", "request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise SandboxError(400, "invalid_json", "request body must be a JSON object")
+    return doc
+
+
+def opt_bool(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise bad(name, "must be a boolean")
+    return value
+
+
+def opt_int(body: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(name, "must be an integer")
+    if not lo <= value <= hi:
+        raise bad(name, f"must be between {lo} and {hi}")
+    return value
+
+
+def opt_number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad(name, "must be a number")
+    if not lo <= value <= hi:
+        raise bad(name, f"must be between {lo} and {hi}")
+    return float(value)
+
+
+def opt_str(body: dict[str, Any], name: str, *, choices: tuple[str, ...] = ()) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise bad(name, "must be a non-empty string")
+    if choices and value not in choices:
+        raise bad(name, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def opt_url(body: dict[str, Any], name: str) -> str | None:
+    value = opt_str(body, name)
+    if value is not None and not value.startswith(("https://", "http://")):
+        raise bad(name, "must be an http(s) URL")
+    return value
+
+
+def opt_list(body: dict[str, Any], name: str, choices: tuple[str, ...]) -> list[str] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise bad(name, "must be a non-empty array")
+    if any(item not in choices for item in value):
+        raise bad(name, f"items must be among {', '.join(choices)}")
+    if len(set(value)) != len(value):
+        raise bad(name, "must not repeat items")
+    return list(value)
+
+
+def opt_datetime(body: dict[str, Any], name: str) -> datetime | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise bad(name, "must be an ISO 8601 timestamp with a timezone")
+    return parsed
+
+
+def pass_id(value: Any, name: str = "id") -> str:
+    """A pass id in canonical form; anything but a UUID string is a bad request."""
+    if not isinstance(value, str):
+        raise bad(name, "must be a UUID string", "invalid_id")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise bad(name, "must be a UUID string", "invalid_id") from None
+
+
+def requested_identity(value: Any) -> dict[str, str | None] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad("requested_identity", "must be an object")
+    out: dict[str, str | None] = {}
+    for key in IDENTITY_FIELDS:
+        out[key] = opt_str(value, key)
+    if not (out["first_name"] or out["last_name"]):
+        raise bad("requested_identity", "needs first_name or last_name")
+    dob = out["date_of_birth"]
+    if dob is not None:
+        try:
+            date.fromisoformat(dob)
+        except ValueError:
+            raise bad("requested_identity.date_of_birth", "must be YYYY-MM-DD") from None
+    return out
+
+
+def parse_register(body: dict[str, Any]) -> dict[str, Any]:
+    """The complete configuration of a pass registered with ``body`` (defaults filled)."""
+    require_id_photo = opt_bool(body, "require_id_photo", False)
+    purpose = opt_str(body, "id_photo_purpose")
+    if require_id_photo and purpose is None:
+        raise bad("id_photo_purpose", "is required when require_id_photo is true")
+    webhook_url = opt_url(body, "webhook_url")
+    webhook_events = opt_list(body, "webhook_events", WEBHOOK_EVENTS)
+    if webhook_events and webhook_url is None:
+        raise bad("webhook_events", "needs webhook_url")
+    return {
+        "link_validity_days": opt_int(body, "link_validity_days", 7, 1, 14),
+        "image_retention_days": opt_int(body, "image_retention_days", 0, 0, 5000),
+        "check_liveness": opt_bool(body, "check_liveness", True),
+        "document_1_allowed_types": (
+            opt_list(body, "document_1_allowed_types", DOCUMENT_TYPES) or ["licence", "passport"]
+        ),
+        "document_2_allowed_types": opt_list(body, "document_2_allowed_types", DOCUMENT_TYPES),
+        "document_3_allowed_types": opt_list(body, "document_3_allowed_types", DOCUMENT_TYPES),
+        "document_verification": (
+            opt_str(body, "document_verification", choices=DOCUMENT_VERIFICATIONS) or "dvs"
+        ),
+        "require_id_photo": require_id_photo,
+        "id_photo_purpose": purpose,
+        "webhook_url": webhook_url,
+        "webhook_events": webhook_events,
+        "return_url": opt_url(body, "return_url"),
+        "requested_identity": requested_identity(body.get("requested_identity")),
+        "privacy_policy_url": opt_url(body, "privacy_policy_url"),
+        "requester_name": opt_str(body, "requester_name"),
+    }
+
+
+def opt_slots(body: dict[str, Any]) -> list[str] | None:
+    value = body.get("slots")
+    if value is None:
+        return None
+    if not isinstance(value, list) or any(s not in SLOTS for s in value):
+        raise bad("slots", "must be an array of slot names")
+    return list(value)
+
+
+def opt_status(body: dict[str, Any], name: str = "status") -> str | None:
+    return opt_str(body, name, choices=STATUSES)
+
+
+def opt_verification(body: dict[str, Any]) -> str | None:
+    return opt_str(body, "verification_status", choices=("passed", "failed"))
+
+
+def parse_fault(body: dict[str, Any]) -> Fault:
+    kind = opt_str(body, "kind", choices=FAULT_KINDS)
+    if kind is None:
+        raise bad("kind", f"is required: one of {', '.join(FAULT_KINDS)}")
+    status = opt_int(body, "status", 503, 400, 599) if kind == "status" else None
+    seconds = opt_number(body, "seconds", 0, 600)
+    if kind == "delay" and seconds is None:
+        raise bad("seconds", "is required for a delay")
+    target = body.get("pass_id")
+    path = opt_str(body, "path")
+    if path is not None and not path.startswith("/idpass/"):
+        raise bad("path", "must be a public route such as /idpass/details")
+    return Fault(
+        kind=kind,
+        remaining=opt_int(body, "count", 1, 1, 1_000_000),
+        status=status,
+        retry_after=opt_number(body, "retry_after", 0, 86_400),
+        seconds=seconds,
+        path=path,
+        pass_id=pass_id(target, "pass_id") if target is not None else None,
+    )

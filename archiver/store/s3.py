@@ -1,0 +1,385 @@
+"""The S3 implementation of :class:`~archiver.store.ObjectStore`: the only code that speaks S3.
+
+One boto3 client per store, shared by the pipeline's upload threads (boto3 clients are
+thread-safe; sessions are not, so the store makes its own session once). Every write is
+a conditional create (``If-None-Match: *``) carrying the SHA-256 we computed as the S3
+checksum and the configured server-side encryption; the server's answer is checked, and
+a write reported as unencrypted is refused.
+
+Errors are translated here and nowhere else (no botocore exception leaves this module):
+
+    AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch,
+    expired or missing credentials, any other 403           -> StoreAccessDenied
+    NoSuchBucket                                              -> StoreAccessDenied
+    5xx, SlowDown and other throttling, RequestTimeout,
+    BadDigest, connection refused/closed, timeouts            -> StoreUnavailable
+    anything else                                             -> StoreError
+
+Messages carry the operation, the bucket/key, the S3 error code and the HTTP status;
+never a request or response body.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import boto3
+from botocore import exceptions as bex
+from botocore.config import Config
+
+from archiver.config import StorageSettings
+from archiver.errors import (
+    EncryptionRefused,
+    ObjectConflict,
+    StoreAccessDenied,
+    StoreError,
+    StoreUnavailable,
+)
+from archiver.store import ObjectInfo, PutResult
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import (
+        GetObjectRequestTypeDef,
+        HeadObjectRequestTypeDef,
+        PutObjectRequestTypeDef,
+    )
+
+__all__ = ["S3Store"]
+
+# A conditional put lost to an existing object. AWS answers 412 PreconditionFailed, or
+# 409 ConditionalRequestConflict while a concurrent conditional write is in flight.
+_EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NotFound"})
+_ACCESS_CODES = frozenset(
+    {
+        "403",
+        "AccessDenied",
+        "AccountProblem",
+        "AllAccessDisabled",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "SignatureDoesNotMatch",
+        "TokenRefreshRequired",
+    }
+)
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "BadDigest",
+        "InternalError",
+        "OperationAborted",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+    }
+)
+# Transport failures: the request did not complete. Retrying later may succeed.
+_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
+    bex.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, SSLError, proxy
+    bex.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
+    bex.IncompleteReadError,
+    bex.FlexibleChecksumError,  # the bytes read do not match the checksum S3 sent with them
+    bex.ChecksumError,
+)
+_CREDENTIAL_ERRORS: tuple[type[Exception], ...] = (
+    bex.NoCredentialsError,
+    bex.PartialCredentialsError,
+    bex.CredentialRetrievalError,
+    bex.TokenRetrievalError,
+)
+
+
+def _b64_digest(sha256_hex: str) -> str:
+    """The S3 ``ChecksumSHA256`` form (base64 of the raw digest) of a hex SHA-256."""
+    try:
+        raw = bytes.fromhex(sha256_hex)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("sha256 must be 64 hexadecimal characters")
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _hex_digest(checksum: str | None, checksum_type: str | None) -> str | None:
+    """A full-object ``ChecksumSHA256`` as hex; None if absent or composite (multipart)."""
+    if not checksum or checksum_type == "COMPOSITE" or "-" in checksum:
+        return None
+    try:
+        raw = base64.b64decode(checksum, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex() if len(raw) == 32 else None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(UTC) if value is not None else None
+
+
+class S3Store:
+    """An :class:`~archiver.store.ObjectStore` on one S3 bucket. Thread-safe.
+
+    ``credentials`` (access key, secret key) are for the demo and the tests; without
+    them boto3's normal chain applies (environment, profile, IRSA, instance role).
+    ``max_attempts`` is the number of tries per request, the first included (botocore's
+    standard retry mode: exponential backoff with jitter on throttling, 5xx and
+    connection errors).
+    """
+
+    def __init__(
+        self,
+        settings: StorageSettings,
+        *,
+        credentials: tuple[str, str] | None = None,
+        max_attempts: int = 5,
+    ) -> None:
+        if settings.sse == "aws:kms" and not settings.kms_key_id:
+            raise EncryptionRefused("sse aws:kms needs a kms_key_id")  # settings refuse it too
+        self.settings = settings
+        self.bucket = settings.bucket
+        config_args: dict[str, Any] = {
+            "region_name": settings.region,
+            "max_pool_connections": settings.max_pool_connections,
+            # total_max_attempts counts the first try; botocore's "max_attempts" would not
+            "retries": {"mode": "standard", "total_max_attempts": max_attempts},
+            "connect_timeout": settings.connect_timeout_seconds,
+            "read_timeout": settings.read_timeout_seconds,
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+        }
+        if settings.endpoint_url:
+            config_args["s3"] = {"addressing_style": "path"}
+        access_key, secret_key = credentials if credentials else (None, None)
+        session = boto3.session.Session()
+        self._client: S3Client = session.client(
+            "s3",
+            region_name=settings.region,
+            endpoint_url=settings.endpoint_url,
+            verify=settings.verify_tls,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=Config(**config_args),
+        )
+
+    # --- the ObjectStore contract --------------------------------------------------
+
+    def put(self, key: str, data: bytes, *, sha256: str, content_type: str) -> PutResult:
+        """Create ``key`` unless it exists; reuse it if it holds the same bytes."""
+        sha256 = sha256.lower()
+        request: PutObjectRequestTypeDef = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "ContentType": content_type,
+            "ChecksumSHA256": _b64_digest(sha256),
+            "IfNoneMatch": "*",
+            "ServerSideEncryption": self.settings.sse,
+        }
+        if self.settings.sse == "aws:kms" and self.settings.kms_key_id:
+            request["SSEKMSKeyId"] = self.settings.kms_key_id
+        for _ in range(2):
+            try:
+                resp = self._client.put_object(**request)
+            except bex.ClientError as exc:
+                if _code(exc) not in _EXISTS_CODES and _status(exc) != 412:
+                    self._raise(exc, "put", key)
+                existing = self._existing(key, data, sha256)
+                if existing is not None:
+                    return existing
+                continue  # the object vanished between the refusal and our HEAD: try again
+            except Exception as exc:
+                self._raise(exc, "put", key)
+            got = resp.get("ServerSideEncryption")
+            if got != self.settings.sse:
+                raise EncryptionRefused(
+                    f"S3 put {self.bucket}/{key}: the server reported encryption "
+                    f"{got or 'none'}, not {self.settings.sse}",
+                    key=key,
+                )
+            return PutResult(
+                key=key,
+                size=len(data),
+                sha256=sha256,
+                version_id=resp.get("VersionId"),
+                reused=False,
+            )
+        raise StoreUnavailable(
+            f"S3 put {self.bucket}/{key}: refused as existing, but the object is not there",
+            key=key,
+        )
+
+    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
+        """What S3 knows about ``key`` (the latest version, or ``version_id``); None if absent."""
+        request: HeadObjectRequestTypeDef = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "ChecksumMode": "ENABLED",
+        }
+        if version_id:
+            request["VersionId"] = version_id
+        try:
+            resp = self._client.head_object(**request)
+        except bex.ClientError as exc:
+            if _code(exc) in _NOT_FOUND_CODES:
+                return None
+            self._raise(exc, "head", key)
+        except Exception as exc:
+            self._raise(exc, "head", key)
+        return ObjectInfo(
+            key=key,
+            size=resp["ContentLength"],
+            sha256=_hex_digest(resp.get("ChecksumSHA256"), resp.get("ChecksumType")),
+            encryption=resp.get("ServerSideEncryption"),
+            kms_key_id=resp.get("SSEKMSKeyId"),
+            version_id=resp.get("VersionId"),
+            content_type=resp.get("ContentType"),
+            last_modified=_utc(resp.get("LastModified")),
+            lock_mode=resp.get("ObjectLockMode"),
+            retain_until=_utc(resp.get("ObjectLockRetainUntilDate")),
+        )
+
+    def get(self, key: str, *, version_id: str | None = None) -> bytes:
+        """The bytes of ``key``; when S3 holds a checksum, boto3 verifies them against it."""
+        request: GetObjectRequestTypeDef = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "ChecksumMode": "ENABLED",
+        }
+        if version_id:
+            request["VersionId"] = version_id
+        try:
+            resp = self._client.get_object(**request)
+            body = resp["Body"]
+            try:
+                # read the StreamingBody itself: `with body as raw` yields the raw urllib3
+                # stream, which skips the content-length and checksum verification
+                return body.read()
+            finally:
+                body.close()
+        except bex.ClientError as exc:
+            if _code(exc) in _NOT_FOUND_CODES:
+                raise StoreError(
+                    f"S3 get {self.bucket}/{key}: no such object ({_code(exc)})", key=key
+                ) from exc
+            self._raise(exc, "get", key)
+        except Exception as exc:
+            self._raise(exc, "get", key)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix``, in key order (size, key, last-modified only)."""
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        try:
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(
+                        key=item["Key"],
+                        size=item["Size"],
+                        sha256=None,
+                        encryption=None,
+                        last_modified=_utc(item.get("LastModified")),
+                    )
+        except Exception as exc:
+            self._raise(exc, "list", prefix)
+
+    # --- extras ---------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Fail fast if the bucket is missing or refuses us (HEAD of a missing bucket is
+        indistinguishable from a missing key, so ``head`` cannot tell)."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except bex.ClientError as exc:
+            if _code(exc) in {"404", "NoSuchBucket", "NotFound"}:
+                raise StoreAccessDenied(
+                    f"S3 bucket {self.bucket} does not exist ({_code(exc)})"
+                ) from exc
+            self._raise(exc, "head-bucket", "")
+        except Exception as exc:
+            self._raise(exc, "head-bucket", "")
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> S3Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- internals --------------------------------------------------------------------
+
+    def _existing(self, key: str, data: bytes, sha256: str) -> PutResult | None:
+        """After a refused conditional put: reuse the stored object, or raise a conflict."""
+        info = self.head(key)
+        if info is None:
+            return None
+        stored = info.sha256
+        if stored is None:  # written by something that stored no (full-object) checksum
+            stored = hashlib.sha256(self.get(key, version_id=info.version_id)).hexdigest()
+        if stored != sha256:
+            raise ObjectConflict(
+                f"S3 put {self.bucket}/{key}: the key holds other content "
+                f"(sha256 {stored}, ours {sha256})",
+                key=key,
+                existing_sha256=stored,
+                new_sha256=sha256,
+            )
+        if not info.encryption:
+            raise EncryptionRefused(
+                f"S3 put {self.bucket}/{key}: the existing object with our content is "
+                "stored unencrypted; it cannot be reused",
+                key=key,
+            )
+        return PutResult(
+            key=key,
+            size=len(data),
+            sha256=sha256,
+            version_id=info.version_id,
+            reused=True,
+            retain_until=info.retain_until,
+        )
+
+    def _raise(self, exc: Exception, operation: str, key: str) -> NoReturn:
+        """Translate a botocore failure into the StoreError tree (and raise it)."""
+        where = f"S3 {operation} {self.bucket}/{key}"
+        if isinstance(exc, bex.ClientError):
+            code, status = _code(exc), _status(exc)
+            message = f"{where}: {code} (HTTP {status})"
+            if code == "NoSuchBucket":
+                raise StoreAccessDenied(
+                    f"{where}: bucket {self.bucket} does not exist (NoSuchBucket)", key=key
+                ) from exc
+            if code in _ACCESS_CODES or status == 403:
+                raise StoreAccessDenied(message, key=key) from exc
+            if code in _UNAVAILABLE_CODES or status >= 500 or status == 429:
+                raise StoreUnavailable(message, key=key) from exc
+            raise StoreError(message, key=key) from exc
+        name = type(exc).__name__
+        if isinstance(exc, _CREDENTIAL_ERRORS):
+            raise StoreAccessDenied(f"{where}: no usable credentials ({name})", key=key) from exc
+        if isinstance(exc, _TRANSPORT_ERRORS):
+            raise StoreUnavailable(f"{where}: {name}", key=key) from exc
+        if isinstance(exc, bex.BotoCoreError):
+            raise StoreError(f"{where}: {name}", key=key) from exc
+        raise exc
+
+
+def _code(exc: bex.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "")) or str(_status(exc))
+
+
+def _status(exc: bex.ClientError) -> int:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return int(status or 0)

@@ -1,0 +1,225 @@
+"""The archival cycle against the real sandbox over HTTP and an in-memory store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from archiver.catalog import Outcome, OutcomeUpdate
+from archiver.core import manifest as mf
+from archiver.idpass.models import SLOTS
+from archiver.pipeline import EXIT_EXPIRED, EXIT_INCOMPLETE, EXIT_OK
+
+DEFAULT_SLOTS = [
+    "probe",
+    "document_1_front",
+    "document_1_back",
+    "document_1_photo",
+    "id_photo",
+    "id_photo_cropped",
+]
+
+
+def _outcomes(summary):
+    return {r.pass_id: r.outcome for r in summary.results}
+
+
+def test_archives_images_record_sums_and_manifest(harness):
+    """A complete pass gets its images, record, SHA256SUMS and a valid manifest."""
+    [p] = harness.seed(image_retention_days=30)
+    harness.import_ledger()
+    summary = harness.run()
+    assert _outcomes(summary) == {p["id"]: Outcome.ARCHIVED}
+    assert summary.exit_code == EXIT_OK
+    lay, store = harness.layout, harness.store
+    doc = mf.parse_manifest(store.get(lay.manifest(p["id"])))
+    images = {o["slot"]: o for o in doc["objects"] if o["role"] == "image"}
+    assert sorted(images) == sorted(DEFAULT_SLOTS)
+    for slot, entry in images.items():
+        assert store.get(entry["key"]) == harness.image(p["id"], slot)
+    assert doc["missing_slots"] == sorted(set(SLOTS) - set(DEFAULT_SLOTS))
+    record = orjson.loads(store.get(lay.record(p["id"])))
+    assert record["id"] == p["id"] and "images" not in record
+    sums = store.get(lay.sums(p["id"])).decode()
+    assert "  images/probe.jpg\n" in sums and "  record.json\n" in sums
+    entry = harness.catalog.get(p["id"])
+    assert entry.state is Outcome.ARCHIVED
+    assert entry.manifest_sha256 == mf.sha256_hex(store.get(lay.manifest(p["id"])))
+    assert entry.deadline is not None and entry.api_status == "complete"
+
+
+def test_outcomes_for_every_kind_of_pass(harness):
+    """Retention 0, closed windows, unfinished and unarchived statuses get their outcomes."""
+    now = datetime.now(UTC)
+    ok = harness.seed(image_retention_days=10)[0]["id"]
+    zero = harness.seed(image_retention_days=0)[0]["id"]
+    expired = harness.seed(
+        image_retention_days=2,
+        completed_at=(now - timedelta(days=5)).isoformat().replace("+00:00", "Z"),
+    )[0]["id"]
+    busy = harness.seed(status="in_progress")[0]["id"]
+    cancelled = harness.seed(status="cancelled")[0]["id"]
+    harness.import_ledger()
+    summary = harness.run()
+    got = _outcomes(summary)
+    assert got == {
+        ok: Outcome.ARCHIVED,
+        zero: Outcome.NO_IMAGES,
+        expired: Outcome.EXPIRED,
+        busy: Outcome.NOT_READY,
+        cancelled: Outcome.SKIPPED,
+    }
+    assert summary.exit_code == EXIT_EXPIRED
+    for pid in (zero, expired, busy, cancelled):
+        assert list(harness.store.list(harness.layout.pass_dir(pid))) == []
+    assert "retention window closed" in harness.catalog.get(expired).last_reason
+    assert harness.catalog.get(zero).last_reason == "image_retention_days is 0"
+    busy_entry = harness.catalog.get(busy)
+    assert busy_entry.next_attempt_at is not None and busy_entry.next_attempt_at > now
+    assert summary.to_json()["expired_ids"] == [expired]
+
+
+def test_absent_slots_are_recorded_missing_not_errors(harness):
+    """A pass with only two images is archived with the other slots listed as missing."""
+    [p] = harness.seed(image_retention_days=5, slots=["probe", "document_2_back"])
+    harness.import_ledger()
+    summary = harness.run()
+    assert _outcomes(summary)[p["id"]] is Outcome.ARCHIVED
+    doc = mf.parse_manifest(harness.store.get(harness.layout.manifest(p["id"])))
+    assert doc["image_count"] == 2
+    assert "document_1_front" in doc["missing_slots"] and "probe" not in doc["missing_slots"]
+
+
+def test_rerun_fetches_nothing_and_writes_nothing(harness):
+    """A second run finds nothing due; a forced re-check reuses the manifest."""
+    harness.seed(count=3, image_retention_days=5)
+    harness.import_ledger()
+    first = harness.run()
+    assert first.counts["archived"] == 3
+    before = harness.store.versions_per_key()
+    second = harness.run()
+    assert second.results == []
+    ids = [r.pass_id for r in first.results]
+    third = harness.run(pass_ids=ids)
+    assert all(r.already_archived and r.outcome is Outcome.ARCHIVED for r in third.results)
+    assert harness.store.versions_per_key() == before
+    assert all(n == 1 for n in before.values())
+
+
+def test_interrupted_pass_is_finished_with_reuse(harness):
+    """If a crash left images but no manifest, the rerun reuses them and commits."""
+    [p] = harness.seed(image_retention_days=5)
+    harness.import_ledger()
+    harness.run()
+    pid = p["id"]
+    store = harness.store
+    store.remove(harness.layout.manifest(pid))
+    harness.catalog.record(
+        OutcomeUpdate(pid, Outcome.RETRY, reason="simulated crash", count_attempt=False),
+        datetime.now(UTC) - timedelta(days=1),
+    )
+    summary = harness.run(pass_ids=[pid])
+    [r] = summary.results
+    assert r.outcome is Outcome.ARCHIVED and not r.already_archived
+    assert r.objects_reused == len(DEFAULT_SLOTS) + 2  # images, record, sums
+    assert r.objects_written == 1  # only the manifest
+    assert store.get(harness.layout.manifest(pid))
+
+
+def test_dry_run_lists_and_writes_nothing(harness):
+    """A dry run lists due passes with deadlines and writes nothing anywhere."""
+    harness.seed(count=2, image_retention_days=5)
+    harness.import_ledger()
+    summary = harness.run(dry_run=True)
+    assert len(summary.planned) == 2
+    assert all(p["deadline"] for p in summary.planned)
+    assert harness.store.versions_per_key() == {}
+    assert harness.catalog.counts() == {"pending": 2}
+
+
+def test_limit_takes_the_most_urgent(harness):
+    """--limit archives the passes with the earliest deadlines."""
+    later = harness.seed(image_retention_days=30)[0]["id"]
+    sooner = harness.seed(image_retention_days=2)[0]["id"]
+    harness.import_ledger()
+    summary = harness.run(limit=1)
+    assert [r.pass_id for r in summary.results] == [sooner]
+    assert harness.catalog.get(later).state is Outcome.PENDING
+
+
+def test_unknown_pass_fails_without_stopping_the_run(harness):
+    """A pass the API does not know fails with a reason; the others are archived."""
+    from archiver.catalog import PassUpsert
+
+    good = harness.seed(image_retention_days=5)[0]["id"]
+    harness.import_ledger()
+    ghost = "00000000-0000-4000-8000-000000000001"
+    harness.catalog.upsert([PassUpsert(ghost, "test")])
+    summary = harness.run()
+    got = _outcomes(summary)
+    assert got[good] is Outcome.ARCHIVED
+    assert got[ghost] is Outcome.FAILED
+    assert "api_not_found" in harness.catalog.get(ghost).last_reason
+    assert summary.exit_code == EXIT_INCOMPLETE
+
+
+def test_bad_token_stops_the_run_as_systemic(harness):
+    """A refused token stops the run with the systemic exit code and records nothing."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archiver.idpass.client import IdPassClient
+    from archiver.pipeline import EXIT_SYSTEMIC, Pipeline
+
+    harness.seed(count=3, image_retention_days=5)
+    harness.import_ledger()
+
+    async def go():
+        with ThreadPoolExecutor(2) as pool:
+            async with IdPassClient(harness.sandbox.base_url, "wrong-token") as api:
+                return await Pipeline(
+                    api=api,
+                    store=harness.store,
+                    catalog=harness.catalog,
+                    layout=harness.layout,
+                    options=harness.options,
+                    clock=harness.clock,
+                    executor=pool,
+                ).run()
+
+    summary = asyncio.run(go())
+    assert summary.exit_code == EXIT_SYSTEMIC
+    assert "api_auth_error" in summary.systemic_error
+    assert harness.catalog.counts() == {"pending": 3}
+
+
+def test_keyless_pass_with_encrypted_images_fails_clearly(harness):
+    """Without a cipher key the images arrive encrypted: the pass fails with that reason."""
+    from archiver.catalog import PassUpsert
+
+    pid = harness.seed(image_retention_days=5)[0]["id"]
+    harness.catalog.upsert([PassUpsert(pid, "enqueue")])  # no key known
+    summary = harness.run()
+    assert _outcomes(summary)[pid] is Outcome.FAILED
+    assert "arrived encrypted" in harness.catalog.get(pid).last_reason
+    assert list(harness.store.list(harness.layout.pass_dir(pid))) == []
+
+
+def test_local_decryption_archives_the_same_bytes(harness):
+    """With decryption = local the key never leaves the process and the bytes match."""
+    import dataclasses
+
+    pid = harness.seed(image_retention_days=5)[0]["id"]
+    harness.import_ledger()
+    harness.options = dataclasses.replace(harness.options, decryption="local")
+    summary = harness.run()
+    assert _outcomes(summary)[pid] is Outcome.ARCHIVED
+    doc = mf.parse_manifest(harness.store.get(harness.layout.manifest(pid)))
+    assert doc["source"]["decryption"] == "local"
+    for o in doc["objects"]:
+        if o["role"] == "image":
+            assert harness.store.get(o["key"]) == harness.image(pid, o["slot"])
+    record = orjson.loads(harness.store.get(harness.layout.record(pid)))
+    assert "payload_encryption" not in record
+    assert isinstance(record["verified_identity"], dict)

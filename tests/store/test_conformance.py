@@ -1,0 +1,334 @@
+"""The ObjectStore contract, run against MemoryStore and against S3Store on SeaweedFS.
+
+Each backend comes with a back door that writes around the store (as another writer
+could: unconditionally, without a checksum, or unencrypted) and a count of the versions
+each key holds, which is the number of writes that happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from archiver.config import StorageSettings
+from archiver.errors import (
+    EncryptionRefused,
+    ObjectConflict,
+    StoreAccessDenied,
+    StoreError,
+    StoreUnavailable,
+)
+from archiver.sandbox.seaweedfs import SeaweedFS
+from archiver.store import ObjectStore, PutResult
+from archiver.store.memory import MemoryStore
+from archiver.store.s3 import S3Store
+
+Sse = Literal["aws:kms", "AES256"]
+JPEG = "image/jpeg"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Backend:
+    store: ObjectStore
+    make: Callable[[Sse], ObjectStore]  # another store on the same bucket, other encryption
+    versions: Callable[[str], int]
+    backdoor_put: Callable[[str, bytes, bool], str]  # (key, data, encrypted) -> version id
+
+
+@pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.integration)])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        memory = MemoryStore(sse="aws:kms", kms_key_id="archive-key")
+        yield Backend(
+            store=memory,
+            make=lambda sse: MemoryStore(sse=sse, kms_key_id="archive-key"),
+            versions=lambda key: memory.versions_per_key(key).get(key, 0),
+            backdoor_put=lambda key, data, encrypted: memory.backdoor_put(
+                key, data, checksum=False, encrypted=encrypted
+            ),
+        )
+        return
+    seaweedfs: SeaweedFS = request.getfixturevalue("seaweedfs")
+    settings: StorageSettings = request.getfixturevalue("s3_settings")
+    stores: list[S3Store] = []
+
+    def make(sse: Sse) -> S3Store:
+        changed = settings.model_copy(update={"sse": sse})
+        stores.append(S3Store(changed, credentials=seaweedfs.credentials))
+        return stores[-1]
+
+    def backdoor_put(key: str, data: bytes, encrypted: bool) -> str:
+        extra = {"ServerSideEncryption": "AES256"} if encrypted else {}
+        resp = seaweedfs.client().put_object(
+            Bucket=settings.bucket,
+            Key=key,
+            Body=data,
+            **extra,  # type: ignore[arg-type]
+        )
+        return resp["VersionId"]
+
+    yield Backend(
+        store=make("aws:kms"),
+        make=make,
+        versions=lambda key: seaweedfs.versions_per_key(settings.bucket, key).get(key, 0),
+        backdoor_put=backdoor_put,
+    )
+    for store in stores:
+        store.close()
+
+
+def test_put_then_head_and_get_return_the_bytes_and_sha256(backend: Backend) -> None:
+    """A new key is written once, and head and get give back its size, SHA-256 and bytes."""
+    data = b"\xff\xd8 first image \xff\xd9" * 100
+    result = backend.store.put(
+        "test/passes/p1/images/front.jpg", data, sha256=sha(data), content_type=JPEG
+    )
+
+    assert result == PutResult(
+        key="test/passes/p1/images/front.jpg",
+        size=len(data),
+        sha256=sha(data),
+        version_id=result.version_id,
+        reused=False,
+    )
+    assert result.version_id
+    info = backend.store.head("test/passes/p1/images/front.jpg")
+    assert info is not None
+    assert (info.key, info.size, info.sha256) == (result.key, len(data), sha(data))
+    assert info.version_id == result.version_id
+    assert info.content_type == JPEG
+    assert info.last_modified is not None and info.last_modified.utcoffset() is not None
+    assert backend.store.get("test/passes/p1/images/front.jpg") == data
+    assert backend.versions("test/passes/p1/images/front.jpg") == 1
+
+
+@pytest.mark.parametrize("sse", ["aws:kms", "AES256"])
+def test_head_shows_the_configured_server_side_encryption(backend: Backend, sse: Sse) -> None:
+    """Every write is encrypted as configured: aws:kms with its key id, or AES256."""
+    store = backend.make(sse)
+    data = f"encrypted with {sse}".encode()
+    store.put(f"test/{sse}.json", data, sha256=sha(data), content_type="application/json")
+
+    info = store.head(f"test/{sse}.json")
+    assert info is not None
+    assert info.encryption == sse
+    assert info.kms_key_id == ("archive-key" if sse == "aws:kms" else None)
+    assert store.get(f"test/{sse}.json") == data
+
+
+def test_second_put_of_the_same_bytes_is_reused_without_a_new_version(backend: Backend) -> None:
+    """Putting the same bytes again writes nothing and returns the existing version."""
+    data = b"record" * 50
+    first = backend.store.put("test/record.json", data, sha256=sha(data), content_type=JPEG)
+    again = backend.store.put("test/record.json", data, sha256=sha(data), content_type=JPEG)
+
+    assert again.reused and not first.reused
+    assert (again.version_id, again.sha256, again.size) == (first.version_id, sha(data), len(data))
+    assert backend.versions("test/record.json") == 1
+
+
+def test_put_of_different_bytes_conflicts_and_leaves_the_original(backend: Backend) -> None:
+    """Other bytes under an existing key raise ObjectConflict with both hashes; nothing changes."""
+    original, other = b"original bytes", b"other bytes"
+    first = backend.store.put("test/m.json", original, sha256=sha(original), content_type=JPEG)
+
+    with pytest.raises(ObjectConflict) as caught:
+        backend.store.put("test/m.json", other, sha256=sha(other), content_type=JPEG)
+
+    assert caught.value.key == "test/m.json"
+    assert caught.value.existing_sha256 == sha(original)
+    assert caught.value.new_sha256 == sha(other)
+    assert backend.store.get("test/m.json") == original
+    info = backend.store.head("test/m.json")
+    assert info is not None and info.version_id == first.version_id
+    assert backend.versions("test/m.json") == 1
+
+
+def test_head_of_a_missing_key_is_none(backend: Backend) -> None:
+    """head answers None for a key that was never written."""
+    assert backend.store.head("test/nothing/here") is None
+
+
+def test_get_of_a_missing_key_raises_store_error_with_the_key(backend: Backend) -> None:
+    """get of a key that was never written raises a non-retryable StoreError naming the key."""
+    with pytest.raises(StoreError) as caught:
+        backend.store.get("test/nothing/here")
+
+    assert caught.value.key == "test/nothing/here"
+    assert not caught.value.retryable
+    assert "test/nothing/here" in str(caught.value)
+
+
+def test_list_yields_the_objects_under_a_prefix_in_key_order(backend: Backend) -> None:
+    """list gives every object under the prefix, sorted by key, with sizes; nothing else."""
+    objects = {
+        "test/passes/b/manifest.json": b"bb",
+        "test/passes/a/images/front.jpg": b"a-front",
+        "test/passes/a/manifest.json": b"a-manifest",
+        "test/passesX/not-under-the-prefix": b"x",
+        "test/runs/2026/01/01/r.json": b"run",
+    }
+    for key, data in objects.items():
+        backend.store.put(key, data, sha256=sha(data), content_type=JPEG)
+
+    listed = list(backend.store.list("test/passes/"))
+
+    assert [(o.key, o.size) for o in listed] == [
+        ("test/passes/a/images/front.jpg", 7),
+        ("test/passes/a/manifest.json", 10),
+        ("test/passes/b/manifest.json", 2),
+    ]
+    assert all(o.last_modified is not None for o in listed)
+    assert list(backend.store.list("test/none/")) == []
+
+
+def test_a_wrong_sha256_is_refused_and_nothing_is_stored(backend: Backend) -> None:
+    """A put whose SHA-256 does not match the bytes is refused (BadDigest: retryable)."""
+    with pytest.raises(StoreUnavailable) as caught:
+        backend.store.put("test/bad.jpg", b"the bytes", sha256=sha(b"other"), content_type=JPEG)
+
+    assert caught.value.key == "test/bad.jpg"
+    assert "BadDigest" in str(caught.value)
+    assert backend.store.head("test/bad.jpg") is None
+
+
+def test_an_existing_object_without_checksum_is_hashed_to_decide(backend: Backend) -> None:
+    """When the stored object has no checksum, its bytes are read to tell reuse from conflict."""
+    data = b"written by someone else, without a checksum"
+    version = backend.backdoor_put("test/foreign.jpg", data, True)
+
+    reused = backend.store.put("test/foreign.jpg", data, sha256=sha(data), content_type=JPEG)
+    with pytest.raises(ObjectConflict) as caught:
+        backend.store.put("test/foreign.jpg", b"mine", sha256=sha(b"mine"), content_type=JPEG)
+
+    assert reused.reused and reused.version_id == version
+    assert caught.value.existing_sha256 == sha(data)
+    assert backend.versions("test/foreign.jpg") == 1
+
+
+def test_an_existing_unencrypted_copy_of_our_bytes_is_not_reused(backend: Backend) -> None:
+    """Our bytes already stored unencrypted are refused with EncryptionRefused, not reused."""
+    data = b"stored in the clear by someone else"
+    backend.backdoor_put("test/clear.jpg", data, False)
+
+    with pytest.raises(EncryptionRefused) as caught:
+        backend.store.put("test/clear.jpg", data, sha256=sha(data), content_type=JPEG)
+
+    assert caught.value.key == "test/clear.jpg"
+
+
+def test_an_older_version_stays_readable_by_its_version_id(backend: Backend) -> None:
+    """head and get with a version id return that version, not the latest."""
+    data = b"first version"
+    first = backend.store.put("test/v.json", data, sha256=sha(data), content_type=JPEG)
+    backend.backdoor_put("test/v.json", b"overwritten around the store", True)
+
+    assert backend.store.get("test/v.json", version_id=first.version_id) == data
+    info = backend.store.head("test/v.json", version_id=first.version_id)
+    assert info is not None and info.sha256 == sha(data)
+    assert backend.versions("test/v.json") == 2
+
+
+def test_concurrent_puts_of_one_key_write_it_exactly_once(backend: Backend) -> None:
+    """From many threads at once, one put writes; the same bytes are reused, others conflict."""
+    same, results, conflicts = b"same bytes for everyone", [], []
+    lock = threading.Lock()
+
+    def put(i: int) -> None:
+        data = same if i % 2 else f"other bytes {i}".encode()
+        try:
+            result = backend.store.put("test/race.jpg", data, sha256=sha(data), content_type=JPEG)
+        except ObjectConflict as exc:
+            with lock:
+                conflicts.append(exc)
+        else:
+            with lock:
+                results.append(result)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert backend.versions("test/race.jpg") == 1
+    assert sum(not r.reused for r in results) == 1
+    assert len(results) + len(conflicts) == 12
+    assert len({r.version_id for r in results}) == 1
+
+
+# --- S3 only: credentials and the network ----------------------------------------------
+
+
+def test_wrong_credentials_are_access_denied(
+    seaweedfs: SeaweedFS, s3_settings: StorageSettings
+) -> None:
+    """A wrong secret or an unknown access key makes every call raise StoreAccessDenied."""
+    data = b"x"
+    for credentials in [(seaweedfs.access_key, "wrong-secret"), ("unknown-key", "whatever")]:
+        with S3Store(s3_settings, credentials=credentials, max_attempts=1) as store:
+            calls: list[Callable[[], object]] = [
+                lambda: store.put("test/k", data, sha256=sha(data), content_type=JPEG),
+                lambda: store.head("test/k"),
+                lambda: store.get("test/k"),
+                lambda: list(store.list("test/")),
+            ]
+            for call in calls:
+                with pytest.raises(StoreAccessDenied) as caught:
+                    call()
+                assert caught.value.systemic and not caught.value.retryable
+
+
+def test_a_missing_bucket_is_a_systemic_error(
+    seaweedfs: SeaweedFS, s3_settings: StorageSettings
+) -> None:
+    """A bucket that does not exist raises StoreAccessDenied; check() says so up front."""
+    settings = s3_settings.model_copy(update={"bucket": "no-such-bucket-here"})
+    data = b"x"
+    with S3Store(settings, credentials=seaweedfs.credentials, max_attempts=1) as store:
+        with pytest.raises(StoreAccessDenied, match="does not exist"):
+            store.check()
+        with pytest.raises(StoreAccessDenied, match="NoSuchBucket"):
+            store.put("test/k", data, sha256=sha(data), content_type=JPEG)
+        with pytest.raises(StoreAccessDenied, match="NoSuchBucket"):
+            list(store.list("test/"))
+
+
+def test_an_unreachable_endpoint_is_unavailable() -> None:
+    """Nothing listening on the endpoint raises the retryable StoreUnavailable, quickly."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    settings = StorageSettings(
+        bucket="unreachable",
+        endpoint_url=f"http://127.0.0.1:{closed_port}",
+        kms_key_id="archive-key",
+        connect_timeout_seconds=0.5,
+        read_timeout_seconds=1.0,
+    )
+    data = b"x"
+    started = time.monotonic()
+    with S3Store(settings, credentials=("k", "s"), max_attempts=2) as store:
+        calls: list[Callable[[], object]] = [
+            lambda: store.put("test/k", data, sha256=sha(data), content_type=JPEG),
+            lambda: store.head("test/k"),
+            lambda: store.get("test/k"),
+            lambda: list(store.list("test/")),
+        ]
+        for call in calls:
+            with pytest.raises(StoreUnavailable) as caught:
+                call()
+            assert caught.value.retryable
+            assert "EndpointConnectionError" in str(caught.value)
+    assert time.monotonic() - started < 10

@@ -1,0 +1,275 @@
+"""S3Store's translation of S3 answers, without a server.
+
+Requests never leave the process: a ``before-send`` handler on the store's boto3 client
+(botocore's own hook for answering a request) plays the server, the way
+``httpx.MockTransport`` does for httpx.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from botocore import exceptions as bex
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse, HTTPHeaders
+
+from archiver.config import StorageSettings
+from archiver.errors import (
+    EncryptionRefused,
+    ObjectConflict,
+    StoreAccessDenied,
+    StoreError,
+    StoreUnavailable,
+)
+from archiver.store.s3 import S3Store
+
+KEY = "test/passes/p1/images/front.jpg"
+DATA = b"\xff\xd8 image \xff\xd9"
+SHA = hashlib.sha256(DATA).hexdigest()
+B64 = base64.b64encode(hashlib.sha256(DATA).digest()).decode()
+SECRET_TEXT = "body text that must never reach a message"
+
+Handler = Callable[[AWSPreparedRequest], AWSResponse]
+
+
+class _Raw(io.BytesIO):
+    """The urllib3-response-like object botocore reads bodies from."""
+
+    def stream(self, amt: int = 1024, decode_content: bool = True) -> Iterator[bytes]:
+        while chunk := self.read(amt):
+            yield chunk
+
+
+def answer(status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> AWSResponse:
+    fields = HTTPHeaders()
+    for name, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+        fields[name] = value
+    return AWSResponse("http://s3.test", status, fields, _Raw(body))
+
+
+def error(status: int, code: str) -> AWSResponse:
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+        f"<Message>{SECRET_TEXT}</Message></Error>"
+    ).encode()
+    return answer(status, {"Content-Type": "application/xml"}, body)
+
+
+def header(request: AWSPreparedRequest, name: str) -> str:
+    value = request.headers[name]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def stored(**extra: str) -> dict[str, str]:
+    """Headers of an object holding DATA, encrypted with KMS, with its checksum."""
+    return {
+        "Content-Length": str(len(DATA)),
+        "Content-Type": "image/jpeg",
+        "Last-Modified": "Wed, 25 Nov 2026 20:15:16 GMT",
+        "x-amz-checksum-sha256": B64,
+        "x-amz-server-side-encryption": "aws:kms",
+        "x-amz-server-side-encryption-aws-kms-key-id": "archive-key",
+        "x-amz-version-id": "v1",
+        **extra,
+    }
+
+
+@pytest.fixture
+def served() -> Iterator[Callable[..., tuple[S3Store, list[AWSPreparedRequest]]]]:
+    stores: list[S3Store] = []
+
+    def make(*answers: AWSResponse | Exception | Handler) -> tuple[S3Store, list[Any]]:
+        settings = StorageSettings(
+            bucket="unit-bucket", endpoint_url="http://s3.test", kms_key_id="archive-key"
+        )
+        store = S3Store(settings, credentials=("key", "secret"), max_attempts=1)
+        stores.append(store)
+        queue, seen = list(answers), []
+
+        def handler(request: AWSPreparedRequest, **_: Any) -> AWSResponse:
+            seen.append(request)
+            item = queue.pop(0)
+            if isinstance(item, Exception):
+                raise item
+            return item(request) if callable(item) else item
+
+        events = store._client.meta.events  # the test seam: botocore's own send hook
+        events.register("before-send.s3", handler)  # type: ignore[arg-type]
+        return store, seen
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def test_put_sends_our_checksum_a_condition_and_the_encryption(served: Any) -> None:
+    """A put carries the base64 SHA-256 we computed, If-None-Match: * and SSE-KMS with its key."""
+    store, seen = served(answer(200, stored()))
+
+    result = store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+
+    headers = {name.lower(): header(seen[0], name) for name in seen[0].headers}
+    assert seen[0].method == "PUT"
+    assert headers["x-amz-checksum-sha256"] == B64
+    assert headers["if-none-match"] == "*"
+    assert headers["x-amz-server-side-encryption"] == "aws:kms"
+    assert headers["x-amz-server-side-encryption-aws-kms-key-id"] == "archive-key"
+    assert (result.version_id, result.reused, result.sha256) == ("v1", False, SHA)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"x-amz-server-side-encryption": "AES256"},
+    ],
+    ids=["none", "other-algorithm"],
+)
+def test_a_put_the_server_reports_unencrypted_is_refused(
+    served: Any, headers: dict[str, str]
+) -> None:
+    """A put answered without the requested encryption raises EncryptionRefused."""
+    store, _ = served(answer(200, headers))
+
+    with pytest.raises(EncryptionRefused) as caught:
+        store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+
+    assert caught.value.key == KEY and caught.value.systemic
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(412, "PreconditionFailed"), (409, "ConditionalRequestConflict")]
+)
+def test_an_existing_object_answer_leads_to_reuse(served: Any, status: int, code: str) -> None:
+    """412 and 409 on a conditional put are answered by a HEAD: same SHA-256 means reuse."""
+    store, seen = served(error(status, code), answer(200, stored()))
+
+    result = store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+
+    assert [r.method for r in seen] == ["PUT", "HEAD"]
+    assert header(seen[1], "x-amz-checksum-mode") == "ENABLED"
+    assert (result.reused, result.version_id) == (True, "v1")
+
+
+def test_a_composite_checksum_is_not_trusted_and_the_bytes_are_read(served: Any) -> None:
+    """A multipart (composite) checksum is no SHA-256 of the object: the bytes decide."""
+    composite = stored(**{"x-amz-checksum-sha256": B64 + "-3", "x-amz-checksum-type": "COMPOSITE"})
+    store, seen = served(
+        error(412, "PreconditionFailed"),
+        answer(200, composite),
+        answer(200, {"Content-Length": "5", "x-amz-version-id": "v1"}, b"other"),
+    )
+
+    with pytest.raises(ObjectConflict) as caught:
+        store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+
+    assert [r.method for r in seen] == ["PUT", "HEAD", "GET"]
+    assert seen[2].url.endswith("versionId=v1")
+    assert caught.value.existing_sha256 == hashlib.sha256(b"other").hexdigest()
+
+
+def test_head_decodes_the_stored_object(served: Any) -> None:
+    """head turns S3's headers into ObjectInfo: hex SHA-256, encryption, lock, UTC times."""
+    lock = {
+        "x-amz-object-lock-mode": "COMPLIANCE",
+        "x-amz-object-lock-retain-until-date": "2033-11-25T20:15:16Z",
+    }
+    store, _ = served(answer(200, stored(**lock)))
+
+    info = store.head(KEY)
+
+    assert info is not None
+    assert (info.sha256, info.size, info.version_id) == (SHA, len(DATA), "v1")
+    assert (info.encryption, info.kms_key_id) == ("aws:kms", "archive-key")
+    assert info.lock_mode == "COMPLIANCE"
+    assert info.retain_until is not None and info.retain_until.isoformat() == (
+        "2033-11-25T20:15:16+00:00"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "detected_by"),
+    [(DATA[::-1], "FlexibleChecksumError"), (DATA[:5], "IncompleteReadError")],
+    ids=["other-bytes", "truncated"],
+)
+def test_get_verifies_the_bytes_it_reads(served: Any, body: bytes, detected_by: str) -> None:
+    """Bytes that do not match S3's checksum or length raise StoreUnavailable, not data."""
+    store, _ = served(answer(200, stored(), body))  # Content-Length still says len(DATA)
+
+    with pytest.raises(StoreUnavailable, match=detected_by):
+        store.get(KEY)
+
+
+def test_get_returns_bytes_that_match(served: Any) -> None:
+    """A body matching its checksum comes back whole."""
+    store, seen = served(answer(200, stored(), DATA))
+
+    assert store.get(KEY, version_id="v1") == DATA
+    assert seen[0].url.endswith("versionId=v1")
+    assert header(seen[0], "x-amz-checksum-mode") == "ENABLED"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (403, "AccessDenied", StoreAccessDenied),
+        (403, "InvalidAccessKeyId", StoreAccessDenied),
+        (403, "SignatureDoesNotMatch", StoreAccessDenied),
+        (400, "ExpiredToken", StoreAccessDenied),
+        (403, "SomethingNew", StoreAccessDenied),
+        (404, "NoSuchBucket", StoreAccessDenied),
+        (503, "SlowDown", StoreUnavailable),
+        (500, "InternalError", StoreUnavailable),
+        (502, "BadGateway", StoreUnavailable),
+        (400, "RequestTimeout", StoreUnavailable),
+        (400, "BadDigest", StoreUnavailable),
+        (400, "InvalidArgument", StoreError),
+        (400, "KMS.NotFoundException", StoreError),
+    ],
+)
+def test_s3_error_codes_map_onto_the_store_errors(
+    served: Any, status: int, code: str, expected: type[StoreError]
+) -> None:
+    """Each S3 error code becomes its StoreError, naming key and code but never the body."""
+    store, _ = served(error(status, code))
+
+    with pytest.raises(StoreError) as caught:
+        store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+
+    assert type(caught.value) is expected
+    assert caught.value.key == KEY
+    assert KEY in str(caught.value) and code in str(caught.value)
+    assert SECRET_TEXT not in str(caught.value)
+
+
+def test_a_bodyless_403_on_head_is_access_denied(served: Any) -> None:
+    """HEAD answers have no body: a bare 403 is still StoreAccessDenied."""
+    store, _ = served(answer(403))
+
+    with pytest.raises(StoreAccessDenied, match="HTTP 403"):
+        store.head(KEY)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        bex.EndpointConnectionError(endpoint_url="http://s3.test"),
+        bex.ConnectTimeoutError(endpoint_url="http://s3.test"),
+        bex.ReadTimeoutError(endpoint_url="http://s3.test"),
+        bex.ConnectionClosedError(endpoint_url="http://s3.test"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_transport_failures_are_unavailable(served: Any, failure: Exception) -> None:
+    """Refused, timed-out and dropped connections become the retryable StoreUnavailable."""
+    store, _ = served(failure)
+
+    with pytest.raises(StoreUnavailable) as caught:
+        store.head(KEY)
+
+    assert caught.value.retryable and type(failure).__name__ in str(caught.value)
+    assert isinstance(caught.value.__cause__, bex.BotoCoreError)

@@ -1,0 +1,170 @@
+"""The command line as a user runs it: subprocesses, real sandbox, real SeaweedFS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from archiver.catalog.keys import new_catalog_secret
+
+PID = "0b6f3c9e-6a55-4a43-9d8f-2f0a8f7e3c11"
+
+
+def _cli(args, *, env=None, stdin=None, watch=None, timeout=120):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("IDPASS_ARCHIVER_")}
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "archiver", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
+    if watch is not None:
+        watch.output(f"cli {args[0]} stdout", proc.stdout)
+        watch.output(f"cli {args[0]} stderr", proc.stderr)
+    return proc
+
+
+@pytest.fixture
+def cli_config(tmp_path, sandbox_reset, seaweedfs, s3_bucket):
+    cfg = tmp_path / "archiver.toml"
+    cfg.write_text(
+        f"""
+[api]
+base_url = "{sandbox_reset.base_url}"
+[storage]
+bucket = "{s3_bucket}"
+prefix = "cli"
+endpoint_url = "{seaweedfs.endpoint_url}"
+region = "us-east-1"
+kms_key_id = "archive-key"
+[catalog]
+url = "sqlite:///{tmp_path / "catalog.db"}"
+"""
+    )
+    access, secret = seaweedfs.credentials
+    env = {
+        "IDPASS_ARCHIVER_API_TOKEN": sandbox_reset.token,
+        "IDPASS_ARCHIVER_CATALOG_KEY": new_catalog_secret(),
+        "AWS_ACCESS_KEY_ID": access,
+        "AWS_SECRET_ACCESS_KEY": secret,
+    }
+    return cfg, env
+
+
+def test_version_and_help():
+    """--version prints the version; --help shows examples and exit codes."""
+    assert _cli(["--version"]).stdout.startswith("idpass-archiver ")
+    out = _cli(["--help"]).stdout
+    assert "examples:" in out and "exit codes" in out
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    """A config error is one line naming the key, exit code 2, no traceback."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[api]\nbase_url = "ftp://x"\n[storage]\nbucket = "bucket-1"\nsse = "AES256"\n')
+    proc = _cli(["run", "--config", str(cfg)])
+    assert proc.returncode == 2
+    assert "api.base_url" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_config_exits_2():
+    """No --config and no env var is a usage error with a hint."""
+    proc = _cli(["status"])
+    assert proc.returncode == 2 and "--config" in proc.stderr
+
+
+def test_import_run_status_end_to_end(cli_config, sandbox_http, pii_watch):
+    """catalog import → run → status works from the shell with documented exit codes."""
+    cfg, env = cli_config
+    r = sandbox_http.post("/_sandbox/passes", json={"count": 3, "image_retention_days": 9})
+    ids = [p["id"] for p in r.json()["passes"]]
+    ledger = cfg.parent / "ledger.jsonl"
+    ledger.write_bytes(sandbox_http.get("/_sandbox/ledger").content)
+
+    imp = _cli(
+        ["catalog", "import", str(ledger), "--config", str(cfg), "--json"], env=env, watch=pii_watch
+    )
+    assert imp.returncode == 0, imp.stderr
+    assert json.loads(imp.stdout)["added"] == 3
+
+    dry = _cli(["run", "--config", str(cfg), "--dry-run"], env=env, watch=pii_watch)
+    assert dry.returncode == 0 and "3 passes due; nothing written" in dry.stdout
+
+    run = _cli(["run", "--config", str(cfg), "--json"], env=env, watch=pii_watch)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["counts"]["archived"] == 3 and doc["exit_code"] == 0
+    events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    finished = [e for e in events if e["event"] == "run_finished"]
+    assert len(finished) == 1 and finished[0]["counts"]["archived"] == 3
+    assert {e["pass_id"] for e in events if e["event"] == "pass_done"} == set(ids)
+
+    status = _cli(["status", "--config", str(cfg), "--json"], env=env, watch=pii_watch)
+    assert json.loads(status.stdout)["counts"] == {"archived": 3}
+
+
+def test_enqueue_from_args_and_stdin(cli_config, pii_watch):
+    """enqueue takes ids as arguments and from stdin, and rejects non-UUIDs by position."""
+    cfg, env = cli_config
+    other = "1c7f3c9e-6a55-4a43-9d8f-2f0a8f7e3c22"
+    proc = _cli(
+        ["enqueue", PID, "not-a-uuid", "-", "--config", str(cfg)],
+        env=env,
+        stdin=f"{other}\n\n{PID}\n",
+        watch=pii_watch,
+    )
+    assert proc.returncode == 1
+    assert "2 new, 1 already known, 1 rejected" in proc.stdout
+    assert "item 2: id is not a UUID" in proc.stderr
+
+
+def test_expired_pass_gives_exit_4(cli_config, sandbox_http, pii_watch):
+    """A pass whose window closed before archival makes run exit 4."""
+    cfg, env = cli_config
+    sandbox_http.post(
+        "/_sandbox/passes",
+        json={"image_retention_days": 1, "completed_at": "2020-01-01T00:00:00Z"},
+    )
+    ledger = cfg.parent / "ledger.jsonl"
+    ledger.write_bytes(sandbox_http.get("/_sandbox/ledger").content)
+    assert _cli(["catalog", "import", str(ledger), "--config", str(cfg)], env=env).returncode == 0
+    run = _cli(["run", "--config", str(cfg)], env=env, watch=pii_watch)
+    assert run.returncode == 4
+
+
+def test_bad_token_gives_exit_3(cli_config, sandbox_http, pii_watch):
+    """A refused token stops the run with exit code 3."""
+    cfg, env = cli_config
+    sandbox_http.post("/_sandbox/passes", json={"image_retention_days": 3})
+    ledger = cfg.parent / "ledger.jsonl"
+    ledger.write_bytes(sandbox_http.get("/_sandbox/ledger").content)
+    _cli(["catalog", "import", str(ledger), "--config", str(cfg)], env=env)
+    env = {**env, "IDPASS_ARCHIVER_API_TOKEN": "not-the-token"}
+    run = _cli(["run", "--config", str(cfg)], env=env, watch=pii_watch)
+    assert run.returncode == 3
+    assert "api_auth_error" in run.stdout
+
+
+def test_import_reports_bad_lines(cli_config, tmp_path):
+    """catalog import imports good lines, reports bad ones by number, exits 1."""
+    cfg, env = cli_config
+    f = tmp_path / "x.csv"
+    f.write_text(f"id,image_retention_days\n{PID},5\nnope,5\n")
+    proc = _cli(["catalog", "import", str(f), "--config", str(cfg)], env=env)
+    assert proc.returncode == 1
+    assert "1 new" in proc.stdout and "line 3: id is not a UUID" in proc.stderr
+
+
+def test_import_missing_file_is_a_usage_error(cli_config):
+    """A missing import file is exit 2 with the path named."""
+    cfg, env = cli_config
+    proc = _cli(["catalog", "import", "/nonexistent.jsonl", "--config", str(cfg)], env=env)
+    assert proc.returncode == 2 and "/nonexistent.jsonl" in proc.stderr
