@@ -34,6 +34,7 @@ from archiver.catalog.keys import new_catalog_secret
 from archiver.clock import isoformat
 from archiver.core import manifest as mf
 from archiver.core.layout import Layout
+from archiver.idpass.models import SLOTS
 from archiver.logging import configure
 from archiver.pipeline import RunSummary
 from archiver.sources.file import read_file
@@ -44,44 +45,11 @@ PLAN: list[tuple[int, dict[str, Any], str]] = [
     (12, {"image_retention_days": 30}, "archived"),
     (
         5,
-        {
-            "image_retention_days": 365,
-            "slots": [
-                "probe",
-                "document_1_front",
-                "document_1_back",
-                "document_1_photo",
-                "document_2_front",
-                "document_2_back",
-                "document_2_photo",
-                "id_photo",
-                "id_photo_cropped",
-            ],
-        },
+        {"image_retention_days": 365, "slots": [s for s in SLOTS if "document_3" not in s]},
         "archived",
     ),
     (5, {"image_retention_days": 7, "slots": ["probe", "document_1_front"]}, "archived"),
-    (
-        2,
-        {
-            "image_retention_days": 1,
-            "slots": [
-                "probe",
-                "document_1_front",
-                "document_1_back",
-                "document_1_photo",
-                "document_2_front",
-                "document_2_back",
-                "document_2_photo",
-                "document_3_front",
-                "document_3_back",
-                "document_3_photo",
-                "id_photo",
-                "id_photo_cropped",
-            ],
-        },
-        "archived",
-    ),
+    (2, {"image_retention_days": 1, "slots": list(SLOTS)}, "archived"),
     (4, {"image_retention_days": 0}, "no_images"),
     (3, {"image_retention_days": 3, "completed_days_ago": 10}, "expired"),
     (2, {"image_retention_days": 30, "status": "in_progress"}, "not_ready"),

@@ -526,7 +526,7 @@ class Pipeline:
             lay.record(pid),
             record_bytes,
             sha256_hex(record_bytes),
-            "application/json",
+            RECORD_TYPE,
             adopt=True,
         )
         results: list[PutResult] = await asyncio.gather(*image_puts, record_put)
@@ -547,30 +547,12 @@ class Pipeline:
                     height=img.height,
                 )
             )
-        entries.append(
-            mf.ObjectEntry(
-                role="record",
-                key=record_result.key,
-                size=record_result.size,
-                sha256=record_result.sha256,
-                content_type="application/json",
-                version_id=record_result.version_id,
-            )
-        )
+        entries.append(_entry("record", record_result, RECORD_TYPE))
         sums = mf.sha256sums([(lay.relative(pid, e.key), e.sha256) for e in entries])
         sums_res = await self._put(
-            pid, lay.sums(pid), sums, sha256_hex(sums), "text/plain; charset=us-ascii", adopt=True
+            pid, lay.sums(pid), sums, sha256_hex(sums), SUMS_TYPE, adopt=True
         )
-        entries.append(
-            mf.ObjectEntry(
-                role="checksums",
-                key=sums_res.key,
-                size=sums_res.size,
-                sha256=sums_res.sha256,
-                content_type="text/plain; charset=us-ascii",
-                version_id=sums_res.version_id,
-            )
-        )
+        entries.append(_entry("checksums", sums_res, SUMS_TYPE))
         present = {img.slot for img in images}
         missing = [s for s in SLOTS if s not in present]
         doc = mf.build_manifest(
@@ -606,6 +588,22 @@ class Pipeline:
             manifest_key=mkey,
             manifest_sha256=digest,
         )
+
+
+RECORD_TYPE = "application/json"
+SUMS_TYPE = "text/plain; charset=us-ascii"
+
+
+def _entry(role: str, put: PutResult, content_type: str) -> mf.ObjectEntry:
+    """A manifest entry for a non-image object, from what the store reported."""
+    return mf.ObjectEntry(
+        role=role,
+        key=put.key,
+        size=put.size,
+        sha256=put.sha256,
+        content_type=content_type,
+        version_id=put.version_id,
+    )
 
 
 def new_run_id(now: datetime) -> str:

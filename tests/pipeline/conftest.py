@@ -62,10 +62,12 @@ class Harness:
         assert r.status_code == 200
         return r.content
 
-    def run(self, **kwargs: Any) -> RunSummary:
+    def run(self, *, token: str | None = None, **kwargs: Any) -> RunSummary:
+        """One cycle through the real client; ``token`` overrides the sandbox's."""
+
         async def go() -> RunSummary:
             with ThreadPoolExecutor(8) as pool:
-                async with IdPassClient(self.sandbox.base_url, self.sandbox.token) as api:
+                async with IdPassClient(self.sandbox.base_url, token or self.sandbox.token) as api:
                     pipeline = Pipeline(
                         api=api,
                         store=self.store,

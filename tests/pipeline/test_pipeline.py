@@ -10,15 +10,9 @@ from archiver.catalog import Outcome, OutcomeUpdate
 from archiver.core import manifest as mf
 from archiver.idpass.models import SLOTS
 from archiver.pipeline import EXIT_EXPIRED, EXIT_INCOMPLETE, EXIT_OK
+from archiver.sandbox.state import DEFAULT_SLOTS as SANDBOX_DEFAULT_SLOTS
 
-DEFAULT_SLOTS = [
-    "probe",
-    "document_1_front",
-    "document_1_back",
-    "document_1_photo",
-    "id_photo",
-    "id_photo_cropped",
-]
+DEFAULT_SLOTS = list(SANDBOX_DEFAULT_SLOTS["complete"])
 
 
 def _outcomes(summary):
@@ -166,29 +160,11 @@ def test_unknown_pass_fails_without_stopping_the_run(harness):
 
 def test_bad_token_stops_the_run_as_systemic(harness):
     """A refused token stops the run with the systemic exit code and records nothing."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
-    from archiver.idpass.client import IdPassClient
-    from archiver.pipeline import EXIT_SYSTEMIC, Pipeline
+    from archiver.pipeline import EXIT_SYSTEMIC
 
     harness.seed(count=3, image_retention_days=5)
     harness.import_ledger()
-
-    async def go():
-        with ThreadPoolExecutor(2) as pool:
-            async with IdPassClient(harness.sandbox.base_url, "wrong-token") as api:
-                return await Pipeline(
-                    api=api,
-                    store=harness.store,
-                    catalog=harness.catalog,
-                    layout=harness.layout,
-                    options=harness.options,
-                    clock=harness.clock,
-                    executor=pool,
-                ).run()
-
-    summary = asyncio.run(go())
+    summary = harness.run(token="wrong-token")
     assert summary.exit_code == EXIT_SYSTEMIC
     assert "api_auth_error" in summary.systemic_error
     assert harness.catalog.counts() == {"pending": 3}
