@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the demo keeps its S3 data, catalog and config (default: a new temp dir)",
     )
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the summary, keep S3 running (until Ctrl+C) to browse the archive",
+    )
     return parser
 
 
@@ -313,7 +318,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from archiver.demo import run_demo
 
-    return run_demo(workdir=args.workdir, as_json=args.json)
+    return run_demo(workdir=args.workdir, as_json=args.json, serve=args.serve)
 
 
 COMMANDS = {

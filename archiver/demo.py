@@ -62,6 +62,38 @@ class _Stop(Exception):
     pass
 
 
+class _Served(Exception):
+    """Ctrl+C after --serve: the normal end of a served demo."""
+
+
+def _serve(s3: Any, bucket: str, workdir: Path) -> None:
+    """Keep S3 up for browsing until Ctrl+C or SIGTERM."""
+    access, secret = s3.credentials
+    env_file = workdir / "s3.env"
+    _write_secret(
+        env_file,
+        f"AWS_ACCESS_KEY_ID={access}\nAWS_SECRET_ACCESS_KEY={secret}\n"
+        f"AWS_DEFAULT_REGION=us-east-1\nS3_ENDPOINT={s3.endpoint_url}",
+    )
+    print()
+    print(f"S3 stays up at {s3.endpoint_url} until Ctrl+C. Credentials: {env_file} (mode 600).")
+    print("  with the AWS CLI:")
+    print(f"    set -a; . {env_file}; set +a")
+    print(f"    aws --endpoint-url $S3_ENDPOINT s3 ls --recursive s3://{bucket}/")
+    print("  or with boto3 (installed with the archiver):")
+    print(
+        f'    set -a; . {env_file}; set +a; python -c "import boto3,os; '
+        f"c=boto3.client('s3',endpoint_url=os.environ['S3_ENDPOINT']); "
+        f"[print(o['Key'],o['Size']) for o in c.list_objects_v2(Bucket='{bucket}')['Contents']]\""
+    )
+    sys.stdout.flush()
+    try:
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, _Stop):
+        raise _Served() from None
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Stop()
 
@@ -119,7 +151,7 @@ def _read_back(
     return objects, nbytes, problems
 
 
-def run_demo(workdir: Path | None = None, as_json: bool = False) -> int:
+def run_demo(workdir: Path | None = None, as_json: bool = False, serve: bool = False) -> int:
     from archiver.sandbox.seaweedfs import SeaweedFS
     from archiver.sandbox.server import SandboxServer
 
@@ -193,29 +225,36 @@ def run_demo(workdir: Path | None = None, as_json: bool = False) -> int:
                     sample_doc = (
                         orjson.loads(rt.store.get(layout.manifest(sample))) if sample else None
                     )
-            # (both servers stop here)
-        result = {
-            "work_dir": str(workdir),
-            "passes": len(expected),
-            "outcomes": dict(Counter(r.outcome.value for r in summary.results)),
-            "images": sum(r.images for r in summary.results),
-            "image_bytes": sum(r.image_bytes for r in summary.results),
-            "read_back": {"objects": objects, "bytes": nbytes, "problems": problems},
-            "unexpected_outcomes": mismatched,
-            "run_exit_code": summary.exit_code,
-            "bucket": settings.storage.bucket,
-            "prefix": settings.storage.clean_prefix,
-            "sample_manifest_key": Layout(settings.storage.clean_prefix).manifest(sample)
-            if sample
-            else None,
-            "seconds": round(time.monotonic() - t0, 1),
-        }
-        ok = not problems and not mismatched and bool(archived)
-        if as_json:
-            sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
-        else:
-            _print_summary(result, sample_doc, workdir, ok)
-        return 0 if ok else 1
+                result = {
+                    "work_dir": str(workdir),
+                    "passes": len(expected),
+                    "outcomes": dict(Counter(r.outcome.value for r in summary.results)),
+                    "images": sum(r.images for r in summary.results),
+                    "image_bytes": sum(r.image_bytes for r in summary.results),
+                    "read_back": {"objects": objects, "bytes": nbytes, "problems": problems},
+                    "unexpected_outcomes": mismatched,
+                    "run_exit_code": summary.exit_code,
+                    "bucket": settings.storage.bucket,
+                    "prefix": settings.storage.clean_prefix,
+                    "sample_manifest_key": Layout(settings.storage.clean_prefix).manifest(sample)
+                    if sample
+                    else None,
+                    "seconds": round(time.monotonic() - t0, 1),
+                }
+                ok = not problems and not mismatched and bool(archived)
+                if as_json:
+                    sys.stdout.write(
+                        orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n"
+                    )
+                else:
+                    _print_summary(result, sample_doc, workdir, ok)
+                if serve and not as_json:
+                    _serve(s3, settings.storage.bucket, workdir)
+                return 0 if ok else 1
+            # (both servers stop here, Ctrl+C included)
+    except _Served:
+        print("\nidpass-archiver demo: servers stopped", file=sys.stderr)
+        return 0
     except (KeyboardInterrupt, _Stop):
         print("\nidpass-archiver demo: interrupted; servers stopped", file=sys.stderr)
         return 130
@@ -259,13 +298,11 @@ def _print_summary(
     if sample_doc:
         print(f"  sample manifest: s3://{result['bucket']}/{result['sample_manifest_key']}")
         for o in sample_doc["objects"]:
-            print(
-                f"    {o['key'].rsplit('/', 2)[-2:][0]}/{o['key'].rsplit('/', 1)[-1]:<28}"
-                f" {o['size']:>9} B  sha256 {o['sha256'][:16]}…"
-            )
+            rel = o["key"].split("/passes/", 1)[-1].split("/", 1)[-1]
+            print(f"    {rel:<32} {o['size']:>9} B  sha256 {o['sha256'][:16]}…")
     print()
     print("how to look at it:")
     print(f"  idpass-archiver status --config {workdir / 'archiver.toml'}")
-    print("  (S3 stopped with the demo; its data stays in the work dir above)")
+    print("  idpass-archiver demo --serve    keeps S3 up after the run to browse the bucket")
     print()
     print("demo result:", "OK" if ok else "FAILED")

@@ -99,3 +99,40 @@ def test_ctrl_c_stops_both_servers(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err
     assert _weed_processes_under(workdir) == []
+
+
+def test_serve_keeps_s3_up_for_browsing_until_ctrl_c(tmp_path):
+    """With --serve the bucket can be listed with the printed credentials; Ctrl+C ends it."""
+    import boto3
+
+    workdir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "demo", "--workdir", str(workdir), "--serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("S3 stays up at"):
+            break
+    assert any(line.startswith("demo result: OK") for line in lines), "".join(lines)
+    env = dict(
+        line.split("=", 1) for line in (workdir / "s3.env").read_text().split() if "=" in line
+    )
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["S3_ENDPOINT"],
+        region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    listing = client.list_objects_v2(Bucket="idpass-archive-demo", Prefix="demo/passes/")
+    assert listing["KeyCount"] > 100
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert _weed_processes_under(workdir) == []
