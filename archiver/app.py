@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 from archiver.catalog.keys import KeySealer
 from archiver.catalog.sql import SqlCatalog
@@ -31,6 +34,10 @@ def open_store(settings: Settings, credentials: tuple[str, str] | None = None) -
     return S3Store(settings.storage, credentials=credentials)
 
 
+def default_worker_id() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}"
+
+
 def pipeline_options(settings: Settings) -> PipelineOptions:
     p = settings.pipeline
     return PipelineOptions(
@@ -39,8 +46,15 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         archive_statuses=p.archive_statuses,
         decryption=p.decryption,
         batch_size=p.batch_size,
+        max_attempts=p.max_attempts,
+        retry_base=timedelta(seconds=p.retry_base_seconds),
+        retry_cap=timedelta(seconds=p.retry_cap_seconds),
+        not_ready_recheck=timedelta(seconds=p.not_ready_recheck_seconds),
+        not_ready_margin=timedelta(hours=p.not_ready_margin_hours),
         sse=settings.storage.sse,
         kms_key_id=settings.storage.kms_key_id,
+        worker_id=settings.catalog.worker_id or default_worker_id(),
+        lease_seconds=settings.catalog.lease_seconds,
     )
 
 

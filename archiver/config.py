@@ -24,7 +24,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -47,6 +47,8 @@ class ApiSettings(_Section):
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     read_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
     concurrency: int = Field(default=6, ge=1, le=256)
+    # Upper bound on details requests per second (0 = no limit).
+    requests_per_second: float = Field(default=0.0, ge=0, le=10_000)
     verify_tls: bool = True
     # filled from the environment or token_file, never from TOML
     token: SecretStr | None = Field(default=None, exclude=True)
@@ -78,7 +80,14 @@ class StorageSettings(_Section):
 
 class CatalogSettings(_Section):
     url: str = "sqlite:///idpass-archiver-catalog.db"
+    # A file holding the full catalog URL (a PostgreSQL URL carries a password).
+    url_file: Path | None = None
     key_file: Path | None = None
+    # How long a worker owns the passes it claimed; a dead worker's passes are
+    # taken over by others once this runs out.
+    lease_seconds: int = Field(default=600, ge=5, le=86_400)
+    # Names this process in leases and run manifests (default: hostname-pid).
+    worker_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")
     key: SecretStr | None = Field(default=None, exclude=True)
 
 
@@ -88,6 +97,14 @@ class PipelineSettings(_Section):
     archive_statuses: tuple[str, ...] = ("complete",)
     decryption: Literal["server", "local"] = "server"
     batch_size: int = Field(default=500, ge=1, le=100_000)
+    # Pass-level retries across runs: after this many attempts a pass is `failed`.
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_base_seconds: int = Field(default=300, ge=1)
+    retry_cap_seconds: int = Field(default=21_600, ge=1)
+    # A pass not complete yet is checked again after this, doubling each time...
+    not_ready_recheck_seconds: int = Field(default=3_600, ge=1)
+    # ...and given up (`skipped`) this long after its link stopped being valid.
+    not_ready_margin_hours: int = Field(default=24, ge=0)
 
     @model_validator(mode="after")
     def _statuses(self) -> PipelineSettings:
@@ -96,6 +113,59 @@ class PipelineSettings(_Section):
         if bad:
             raise ValueError(f"archive_statuses may contain only {sorted(allowed)}, got {bad}")
         return self
+
+
+class ScheduleSettings(_Section):
+    # When `idpass-archiver schedule` runs a cycle (crontab syntax, 5 fields). Also
+    # tells `run` when the next run is, so passes due before it are flagged at risk.
+    cron: str = "0 * * * *"
+    timezone: str = "UTC"
+    # A run that could not start on time still starts if it is at most this late.
+    misfire_grace_seconds: int = Field(default=3_600, ge=1)
+    # On SIGTERM, how long passes in flight may take to finish.
+    stop_grace_seconds: int = Field(default=25, ge=0, le=3_600)
+
+    @model_validator(mode="after")
+    def _valid_cron(self) -> ScheduleSettings:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+        except (ValueError, LookupError) as exc:
+            raise ValueError(f"cron {self.cron!r} is not a valid crontab entry: {exc}") from None
+        return self
+
+
+class SqlSourceSettings(_Section):
+    """A SQL database the customer owns (their KYC system), read incrementally."""
+
+    kind: Literal["sql"]
+    name: str = Field(pattern=r"^[a-z0-9_\-]{1,32}$")
+    # The SQLAlchemy URL comes from an environment variable or a file (it holds a
+    # password), never from this file.
+    url_env: str | None = None
+    url_file: Path | None = None
+    # Returns id, cipher_key (or NULL), completed_at (or NULL), image_retention_days
+    # (or NULL) and the watermark column, for rows changed after :watermark.
+    query: str
+    watermark_column: str = "updated_at"
+    overlap_seconds: int = Field(default=300, ge=0)
+    # false: cipher keys stay in the source and are looked up with key_query when a
+    # pass is processed; true: they are sealed into the catalog.
+    store_cipher_keys: bool = False
+    key_query: str | None = None
+
+
+class FileSourceSettings(_Section):
+    """A JSONL or CSV export dropped by the customer's systems."""
+
+    kind: Literal["file"]
+    name: str = Field(pattern=r"^[a-z0-9_\-]{1,32}$")
+    path: Path
+    format: Literal["jsonl", "csv"] | None = None
+
+
+SourceSettings = Annotated[SqlSourceSettings | FileSourceSettings, Field(discriminator="kind")]
 
 
 class LoggingSettings(_Section):
@@ -108,6 +178,8 @@ class Settings(_Section):
     storage: StorageSettings
     catalog: CatalogSettings = CatalogSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    sources: tuple[SourceSettings, ...] = ()
     logging: LoggingSettings = LoggingSettings()
     source_path: Path | None = Field(default=None, exclude=True)
 
@@ -199,11 +271,17 @@ def from_mapping(
     catalog_key = env.get(CATALOG_KEY_ENV)
     if not catalog_key and settings.catalog.key_file:
         catalog_key = _read_secret_file(settings.catalog.key_file, "catalog.key_file")
+    catalog_url = settings.catalog.url
+    if settings.catalog.url_file:
+        catalog_url = _read_secret_file(settings.catalog.url_file, "catalog.url_file")
     return settings.model_copy(
         update={
             "api": settings.api.model_copy(update={"token": SecretStr(token) if token else None}),
             "catalog": settings.catalog.model_copy(
-                update={"key": SecretStr(catalog_key) if catalog_key else None}
+                update={
+                    "key": SecretStr(catalog_key) if catalog_key else None,
+                    "url": catalog_url,
+                }
             ),
         }
     )

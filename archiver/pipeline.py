@@ -90,6 +90,9 @@ class PipelineOptions:
     not_ready_recheck: timedelta = timedelta(hours=1)
     sse: str = "aws:kms"
     kms_key_id: str | None = None
+    worker_id: str = "worker"
+    lease_seconds: int = 600
+    not_ready_margin: timedelta = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +255,8 @@ class Pipeline:
     async def _work(
         self, summary: RunSummary, limit: int | None, pass_ids: Sequence[str] | None
     ) -> None:
-        queue: asyncio.Queue[CatalogEntry | None] = asyncio.Queue(maxsize=self.opt.concurrency * 2)
+        queue: asyncio.Queue[CatalogEntry | None] = asyncio.Queue(maxsize=self.opt.concurrency)
+        unprocessed: set[str] = set()  # claimed but not (yet) finished
 
         async def worker() -> None:
             while True:
@@ -264,43 +268,60 @@ class Pipeline:
                 result = await self._one(entry)
                 if result is not None:
                     summary.results.append(result)
+                    unprocessed.discard(entry.pass_id)
+
+        if not pass_ids:
+            expired, gone = self.catalog.close_overdue(self.clock.now())
+            for pid in expired:
+                log.warning("pass_expired", pass_id=pid)
+                summary.results.append(
+                    PassResult(pid, Outcome.EXPIRED, "retention window closed before archival")
+                )
+            for pid in gone:
+                summary.results.append(
+                    PassResult(pid, Outcome.NO_IMAGES, "image_retention_days is 0")
+                )
 
         workers = [asyncio.create_task(worker()) for _ in range(self.opt.concurrency)]
         try:
-            fed = 0
-            seen: set[str] = set()
             if pass_ids:
-                batches: list[list[CatalogEntry]] = [self._select_explicit(pass_ids)]
-            else:
-                batches = []
-            while not self._stop.is_set():
-                if pass_ids:
-                    if not batches:
-                        break
-                    batch = batches.pop()
-                else:
-                    want = self.opt.batch_size
-                    if limit is not None:
-                        want = min(want, limit - fed)
-                    if want <= 0:
-                        break
-                    batch = [
-                        e
-                        for e in self.catalog.due(self.clock.now(), want + len(seen))
-                        if e.pass_id not in seen
-                    ][:want]
-                    if not batch:
-                        break
-                for entry in batch:
+                for entry in self._select_explicit(pass_ids):
                     if self._stop.is_set():
                         break
-                    seen.add(entry.pass_id)
-                    fed += 1
                     await queue.put(entry)
+            else:
+                await self._feed(queue, limit, unprocessed)
         finally:
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
+            if unprocessed:
+                self.catalog.release(self.opt.worker_id, sorted(unprocessed))
+
+    async def _feed(
+        self,
+        queue: asyncio.Queue[CatalogEntry | None],
+        limit: int | None,
+        unprocessed: set[str],
+    ) -> None:
+        """Claim due passes in small batches (leases stay short-lived) and queue them."""
+        fed = 0
+        step = max(2, self.opt.concurrency * 2)
+        while not self._stop.is_set():
+            want = step if limit is None else min(step, limit - fed)
+            if want <= 0:
+                return
+            batch = self.catalog.claim(
+                self.opt.worker_id, self.clock.now(), want, self.opt.lease_seconds
+            )
+            if not batch:
+                return
+            unprocessed.update(e.pass_id for e in batch)
+            for entry in batch:
+                if self._stop.is_set():
+                    return
+                fed += 1
+                await queue.put(entry)
 
     # -- one pass -----------------------------------------------------------------
 

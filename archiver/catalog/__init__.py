@@ -47,6 +47,9 @@ class PassUpsert:
     cipher_key: str | None = field(default=None, repr=False)
     completed_at: datetime | None = None
     image_retention_days: int | None = None
+    # The name of the source to ask for the cipher key when the pass is processed
+    # (the key itself then never enters the catalog).
+    key_ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,9 @@ class CatalogEntry:
     manifest_key: str | None
     manifest_sha256: str | None
     api_status: str | None
+    key_ref: str | None = None
+    link_expires_at: datetime | None = None
+    lease_owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,7 @@ class OutcomeUpdate:
     manifest_key: str | None = None
     manifest_sha256: str | None = None
     next_attempt_at: datetime | None = None
+    link_expires_at: datetime | None = None
     count_attempt: bool = True
 
 
@@ -93,6 +100,14 @@ class Catalog(Protocol):
     def upsert(self, passes: Iterable[PassUpsert]) -> UpsertStats: ...
 
     def due(self, now: datetime, limit: int) -> list[CatalogEntry]: ...
+
+    def claim(
+        self, worker: str, now: datetime, limit: int, lease_seconds: int
+    ) -> list[CatalogEntry]: ...
+
+    def close_overdue(self, now: datetime) -> tuple[list[str], list[str]]: ...
+
+    def release(self, worker: str, pass_ids: list[str]) -> None: ...
 
     def get(self, pass_id: str) -> CatalogEntry | None: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,26 +56,47 @@ schema_version = sa.Table(
     sa.Column("applied_at", UTCDateTime, nullable=False),
 )
 
-passes = sa.Table(
-    "passes",
+
+def _v1_pass_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("pass_id", sa.String(128), primary_key=True),
+        sa.Column("state", sa.String(16), nullable=False, default=Outcome.PENDING.value),
+        sa.Column("source", sa.String(64), nullable=False),
+        sa.Column("sealed_cipher_key", sa.Text, nullable=True),
+        sa.Column("completed_at", UTCDateTime, nullable=True),
+        sa.Column("image_retention_days", sa.Integer, nullable=True),
+        sa.Column("deadline", UTCDateTime, nullable=True),
+        sa.Column("api_status", sa.String(16), nullable=True),
+        sa.Column("attempts", sa.Integer, nullable=False, default=0),
+        sa.Column("next_attempt_at", UTCDateTime, nullable=True),
+        sa.Column("last_reason", sa.Text, nullable=True),
+        sa.Column("manifest_key", sa.Text, nullable=True),
+        sa.Column("manifest_sha256", sa.String(64), nullable=True),
+        sa.Column("first_seen_at", UTCDateTime, nullable=False),
+        sa.Column("updated_at", UTCDateTime, nullable=False),
+    ]
+
+
+def _v2_pass_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("key_ref", sa.String(64), nullable=True),
+        sa.Column("link_expires_at", UTCDateTime, nullable=True),
+        sa.Column("lease_owner", sa.String(64), nullable=True),
+        sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    ]
+
+
+passes = sa.Table("passes", metadata, *_v1_pass_columns(), *_v2_pass_columns())
+sa.Index("ix_passes_state_deadline", passes.c.state, passes.c.deadline)
+
+source_watermarks = sa.Table(
+    "source_watermarks",
     metadata,
-    sa.Column("pass_id", sa.String(128), primary_key=True),
-    sa.Column("state", sa.String(16), nullable=False, default=Outcome.PENDING.value),
-    sa.Column("source", sa.String(64), nullable=False),
-    sa.Column("sealed_cipher_key", sa.Text, nullable=True),
-    sa.Column("completed_at", UTCDateTime, nullable=True),
-    sa.Column("image_retention_days", sa.Integer, nullable=True),
-    sa.Column("deadline", UTCDateTime, nullable=True),
-    sa.Column("api_status", sa.String(16), nullable=True),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
-    sa.Column("last_reason", sa.Text, nullable=True),
-    sa.Column("manifest_key", sa.Text, nullable=True),
-    sa.Column("manifest_sha256", sa.String(64), nullable=True),
-    sa.Column("first_seen_at", UTCDateTime, nullable=False),
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("watermark", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
-sa.Index("ix_passes_state_deadline", passes.c.state, passes.c.deadline)
+
 
 runs = sa.Table(
     "runs",
@@ -89,10 +110,23 @@ runs = sa.Table(
 
 
 def _migration_1(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[passes, runs])
+    """The first schema, as version 1 shipped it."""
+    v1 = sa.MetaData()
+    table = sa.Table("passes", v1, *_v1_pass_columns())
+    sa.Index("ix_passes_state_deadline", table.c.state, table.c.deadline)
+    v1.create_all(conn)
+    runs.create(conn)
 
 
-MIGRATIONS = [(1, _migration_1)]
+def _migration_2(conn: Connection) -> None:
+    """Key references, link expiry and worker leases; source watermarks."""
+    for column in _v2_pass_columns():
+        ddl = column.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE passes ADD COLUMN {column.name} {ddl}"))
+    source_watermarks.create(conn)
+
+
+MIGRATIONS = [(1, _migration_1), (2, _migration_2)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -174,6 +208,9 @@ class SqlCatalog:
             manifest_key=row.manifest_key,
             manifest_sha256=row.manifest_sha256,
             api_status=row.api_status,
+            key_ref=row.key_ref,
+            link_expires_at=row.link_expires_at,
+            lease_owner=row.lease_owner,
         )
 
     # -- interface ----------------------------------------------------------------
@@ -201,6 +238,7 @@ class SqlCatalog:
                                     item.completed_at, item.image_retention_days
                                 ),
                                 attempts=0,
+                                key_ref=item.key_ref,
                                 first_seen_at=now,
                                 updated_at=now,
                             )
@@ -210,6 +248,8 @@ class SqlCatalog:
                     changes: dict[str, Any] = {}
                     if item.cipher_key is not None and row.sealed_cipher_key is None:
                         changes["sealed_cipher_key"] = self._seal(item.pass_id, item.cipher_key)
+                    if item.key_ref is not None and row.key_ref != item.key_ref:
+                        changes["key_ref"] = item.key_ref
                     completed = row.completed_at or item.completed_at
                     retention = (
                         row.image_retention_days
@@ -237,16 +277,167 @@ class SqlCatalog:
             raise CatalogError(f"catalog upsert failed ({type(exc).__name__})") from None
         return UpsertStats(added=added, updated=updated, unchanged=unchanged)
 
+    @staticmethod
+    def _due_filter(now: datetime) -> Any:
+        """Work left, retry time reached, window not known to be closed, not leased."""
+        return sa.and_(
+            passes.c.state.in_([s.value for s in WORK_STATES]),
+            sa.or_(passes.c.next_attempt_at.is_(None), passes.c.next_attempt_at <= now),
+            sa.or_(passes.c.deadline.is_(None), passes.c.deadline > now),
+            sa.or_(passes.c.lease_expires_at.is_(None), passes.c.lease_expires_at <= now),
+        )
+
+    _DUE_ORDER = (passes.c.deadline.asc().nulls_first(), passes.c.pass_id)
+
     def due(self, now: datetime, limit: int) -> list[CatalogEntry]:
-        """Passes with work left, the earliest deadline first (unknown deadlines first)."""
+        """Due passes, the earliest deadline first (unknown deadlines first): completed or
+        not yet known to be, not archived, window not closed, retry time reached."""
+        query = (
+            sa.select(passes).where(self._due_filter(now)).order_by(*self._DUE_ORDER).limit(limit)
+        )
+        return self._select(query)
+
+    def claim(
+        self, worker: str, now: datetime, limit: int, lease_seconds: int
+    ) -> list[CatalogEntry]:
+        """Lease up to ``limit`` due passes to ``worker``, most urgent first.
+
+        One statement, so it is atomic on SQLite (a single writer) and, with
+        ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, two workers never claim the same
+        pass. A lease ends when the outcome is recorded, or when it expires (the
+        worker died): then the pass is due again for anyone.
+        """
+        chosen = (
+            sa.select(passes.c.pass_id)
+            .where(self._due_filter(now))
+            .order_by(*self._DUE_ORDER)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if self._engine.dialect.name == "sqlite":
+            chosen = chosen.scalar_subquery()  # type: ignore[assignment]
+        stmt = (
+            passes.update()
+            .where(passes.c.pass_id.in_(chosen))
+            .values(
+                lease_owner=worker,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(*passes.c)
+        )
+        try:
+            with self._engine.begin() as conn:
+                rows = conn.execute(stmt).all()
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"cannot claim passes ({type(exc).__name__})") from None
+        entries = [self._entry(r) for r in rows]
+        far = datetime.max.replace(tzinfo=UTC)
+        entries.sort(key=lambda e: (e.deadline is not None, e.deadline or far, e.pass_id))
+        return entries
+
+    def release(self, worker: str, pass_ids: list[str]) -> None:
+        """Give back leases this worker holds but did not finish (a stopped run)."""
+        try:
+            with self._engine.begin() as conn:
+                for chunk in _chunks(pass_ids, 500):
+                    conn.execute(
+                        passes.update()
+                        .where(passes.c.pass_id.in_(chunk))
+                        .where(passes.c.lease_owner == worker)
+                        .values(lease_owner=None, lease_expires_at=None)
+                    )
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"cannot release leases ({type(exc).__name__})") from None
+
+    def close_overdue(self, now: datetime) -> tuple[list[str], list[str]]:
+        """Settle passes whose window closed before archival, without a fetch (after
+        the window the API returns no images): ``expired``, or ``no_images`` when the
+        retention was 0 (deleted at completion by design). Returns both id lists."""
+        base = sa.and_(
+            passes.c.state.in_([s.value for s in WORK_STATES]),
+            passes.c.deadline.is_not(None),
+            passes.c.deadline <= now,
+            sa.or_(passes.c.lease_expires_at.is_(None), passes.c.lease_expires_at <= now),
+        )
+        settled: dict[Outcome, list[str]] = {}
+        try:
+            with self._engine.begin() as conn:
+                for outcome, cond, reason in (
+                    (
+                        Outcome.NO_IMAGES,
+                        passes.c.image_retention_days == 0,
+                        "image_retention_days is 0",
+                    ),
+                    (
+                        Outcome.EXPIRED,
+                        passes.c.image_retention_days > 0,
+                        "retention window closed before archival",
+                    ),
+                ):
+                    ids = list(
+                        conn.execute(
+                            sa.select(passes.c.pass_id)
+                            .where(base, cond)
+                            .with_for_update(skip_locked=True)
+                        ).scalars()
+                    )
+                    for chunk in _chunks(ids, 500):
+                        conn.execute(
+                            passes.update()
+                            .where(passes.c.pass_id.in_(chunk))
+                            .values(
+                                state=outcome.value,
+                                last_reason=reason,
+                                lease_owner=None,
+                                lease_expires_at=None,
+                                updated_at=now,
+                            )
+                        )
+                    settled[outcome] = ids
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"cannot settle overdue passes ({type(exc).__name__})") from None
+        return settled[Outcome.EXPIRED], settled[Outcome.NO_IMAGES]
+
+    def at_risk(self, now: datetime, before: datetime, limit: int = 1000) -> list[CatalogEntry]:
+        """Passes with work left whose window closes before ``before`` (the next run)."""
         query = (
             sa.select(passes)
             .where(passes.c.state.in_([s.value for s in WORK_STATES]))
-            .where(sa.or_(passes.c.next_attempt_at.is_(None), passes.c.next_attempt_at <= now))
-            .order_by(passes.c.deadline.asc().nulls_first(), passes.c.pass_id)
+            .where(passes.c.deadline.is_not(None))
+            .where(passes.c.deadline > now)
+            .where(passes.c.deadline <= before)
+            .order_by(passes.c.deadline)
             .limit(limit)
         )
         return self._select(query)
+
+    def get_watermark(self, source: str) -> datetime | None:
+        query = sa.select(source_watermarks.c.watermark).where(source_watermarks.c.source == source)
+        try:
+            with self._engine.connect() as conn:
+                value: datetime | None = conn.execute(query).scalar()
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"catalog query failed ({type(exc).__name__})") from None
+        return value
+
+    def set_watermark(self, source: str, value: datetime) -> None:
+        now = _now()
+        try:
+            with self._engine.begin() as conn:
+                done = conn.execute(
+                    source_watermarks.update()
+                    .where(source_watermarks.c.source == source)
+                    .values(watermark=value, updated_at=now)
+                ).rowcount
+                if not done:
+                    conn.execute(
+                        source_watermarks.insert().values(
+                            source=source, watermark=value, updated_at=now
+                        )
+                    )
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"cannot store the watermark ({type(exc).__name__})") from None
 
     def _select(self, query: Any) -> list[CatalogEntry]:
         try:
@@ -268,8 +459,12 @@ class SqlCatalog:
             "state": update.outcome.value,
             "last_reason": update.reason,
             "next_attempt_at": update.next_attempt_at,
+            "lease_owner": None,
+            "lease_expires_at": None,
             "updated_at": now,
         }
+        if update.link_expires_at is not None:
+            values["link_expires_at"] = update.link_expires_at
         if update.count_attempt:
             values["attempts"] = passes.c.attempts + 1
         for name in ("api_status", "manifest_key", "manifest_sha256"):
@@ -338,6 +533,11 @@ class SqlCatalog:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
