@@ -6,12 +6,15 @@ Exit codes (README, "Exit codes"):
   2  usage or configuration error
   3  systemic failure (API auth, storage unreachable or refusing, catalog)
   4  passes expired without being archived (compliance alarm)
+  5  another run holds the (SQLite) catalog lock; this one did nothing
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,10 @@ import structlog
 
 from archiver import __version__
 from archiver import config as config_mod
-from archiver.errors import ArchiverError, ConfigError
+from archiver.errors import AlreadyRunning, ArchiverError, ConfigError
 from archiver.pipeline import EXIT_INCOMPLETE, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, RunSummary
+
+EXIT_ALREADY_RUNNING = 5
 
 EPILOG = """\
 examples:
@@ -35,7 +40,8 @@ examples:
   idpass-archiver status --json
 
 exit codes: 0 done, 1 some failed/retrying, 2 usage/config error,
-            3 systemic failure, 4 passes expired without archiving
+            3 systemic failure, 4 passes expired without archiving,
+            5 another run holds the catalog lock (nothing done)
 """
 
 
@@ -97,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--format", choices=["jsonl", "csv"], help="default: from the extension")
     imp.add_argument("--json", action="store_true")
 
+    sched = sub.add_parser(
+        "schedule",
+        help="long-running: run a cycle on every tick of schedule.cron until SIGTERM",
+        description="Run one archival cycle on every tick of schedule.cron. SIGTERM or "
+        "SIGINT: finish the passes in flight, record the run, exit 0.",
+    )
+    _add_config(sched)
+
     status = sub.add_parser("status", help="counts per outcome, next deadlines, the last run")
     _add_config(status)
     status.add_argument("--json", action="store_true")
@@ -135,7 +149,7 @@ def _print_json(doc: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from archiver.app import run_cycle_sync, runtime
+    from archiver.app import run_cycle_sync, run_lock, runtime
     from archiver.sources.file import normalise_pass_id
 
     settings = config_mod.load(args.config)
@@ -148,10 +162,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             pass_ids = [normalise_pass_id(p) for p in args.pass_ids]
         except ValueError as exc:
             raise ConfigError(f"--pass: {exc}") from None
-    with runtime(settings) as rt:
+    with run_lock(settings), runtime(settings) as rt:
         summary = run_cycle_sync(rt, limit=args.limit, pass_ids=pass_ids, dry_run=args.dry_run)
     _report_run(summary, args)
     return summary.exit_code
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from archiver.app import run_cycle, run_lock, runtime
+    from archiver.scheduler import serve
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+
+    def cycle(stop: threading.Event) -> None:
+        with run_lock(settings), runtime(settings) as rt:
+            summary = asyncio.run(run_cycle(rt, stop=stop))
+        _report_run(summary, args)
+
+    sched = settings.schedule
+    return serve(
+        cron=sched.cron,
+        timezone=sched.timezone,
+        misfire_grace_seconds=sched.misfire_grace_seconds,
+        cycle=cycle,
+    )
 
 
 def _report_run(summary: RunSummary, args: argparse.Namespace) -> None:
@@ -159,7 +194,11 @@ def _report_run(summary: RunSummary, args: argparse.Namespace) -> None:
     log = structlog.get_logger("archiver.cli")
     log.info(
         "run_finished",
-        **{k: v for k, v in doc.items() if k not in ("planned", "failed", "expired_ids")},
+        **{
+            k: v
+            for k, v in doc.items()
+            if k not in ("planned", "failed", "expired_ids", "at_risk_passes")
+        },
         failed_count=len(doc["failed"]),
     )
     if args.json:
@@ -265,53 +304,65 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from archiver.app import open_catalog
-    from archiver.clock import isoformat
+    from archiver.app import next_run_after, open_catalog
+    from archiver.clock import SystemClock, isoformat
 
     settings = config_mod.load(args.config)
     _setup_logging(settings, args)
+    now = SystemClock().now()
+    next_run = next_run_after(settings, now)
     catalog = open_catalog(settings)
     try:
         counts = dict(catalog.counts())
         last = catalog.last_run()
-        from archiver.clock import SystemClock
-
-        upcoming = catalog.due(SystemClock().now(), 10)
+        upcoming = catalog.due(now, 10)
+        at_risk = catalog.at_risk(now, next_run) if next_run else []
     finally:
         catalog.close()
     next_deadlines = [
         {"pass_id": e.pass_id, "deadline": isoformat(e.deadline) if e.deadline else None}
         for e in upcoming
     ]
-    doc = {
+    risky = [
+        {"pass_id": e.pass_id, "deadline": isoformat(e.deadline)}
+        for e in at_risk
+        if e.deadline is not None
+    ]
+    last_doc = None
+    if last:
+        last_doc = {
+            "run_id": last["run_id"],
+            "started_at": isoformat(last["started_at"]),
+            "finished_at": isoformat(last["finished_at"]),
+            "exit_code": last["exit_code"],
+            "counts": last["summary"].get("counts"),
+            "worker_id": last["summary"].get("worker_id"),
+        }
+    doc: dict[str, Any] = {
         "counts": counts,
+        "next_run": isoformat(next_run) if next_run else None,
+        "at_risk": risky,
         "next_deadlines": next_deadlines,
-        "last_run": (
-            {
-                "run_id": last["run_id"],
-                "started_at": isoformat(last["started_at"]),
-                "finished_at": isoformat(last["finished_at"]),
-                "exit_code": last["exit_code"],
-                "counts": last["summary"].get("counts"),
-            }
-            if last
-            else None
-        ),
+        "last_run": last_doc,
     }
     if args.json:
         _print_json(doc)
-    else:
-        print("passes by state:")
-        for state, n in sorted(counts.items()):
-            print(f"  {state:<10} {n}")
-        print("next due:")
-        for item in next_deadlines:
-            print(f"  {item['pass_id']}  deadline {item['deadline'] or 'unknown'}")
-        if last:
-            print(
-                f"last run: {last['run_id']} exit {last['exit_code']} "
-                f"finished {isoformat(last['finished_at'])}"
-            )
+        return EXIT_OK
+    print("passes by state:")
+    for state, n in sorted(counts.items()):
+        print(f"  {state:<10} {n}")
+    print(f"next scheduled run: {doc['next_run'] or 'none'}")
+    print(f"at risk (window closes before the next run): {len(risky)}")
+    for risk in risky[:20]:
+        print(f"  {risk['pass_id']}  deadline {risk['deadline']}")
+    print("next due:")
+    for item in next_deadlines:
+        print(f"  {item['pass_id']}  deadline {item['deadline'] or 'unknown'}")
+    if last_doc:
+        print(
+            f"last run: {last_doc['run_id']} exit {last_doc['exit_code']} "
+            f"finished {last_doc['finished_at']}"
+        )
     return EXIT_OK
 
 
@@ -323,6 +374,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "schedule": cmd_schedule,
     "enqueue": cmd_enqueue,
     "catalog": cmd_catalog,
     "status": cmd_status,
@@ -341,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"idpass-archiver: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except AlreadyRunning as exc:
+        print(f"idpass-archiver: {exc}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
     except ArchiverError as exc:
         print(f"idpass-archiver: {exc.reason}: {exc}", file=sys.stderr)
         return EXIT_SYSTEMIC if exc.systemic else EXIT_INCOMPLETE

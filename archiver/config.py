@@ -12,7 +12,10 @@ Secrets never come from the TOML file or the command line:
   ``api.token_file``;
 * AWS credentials through boto3's normal chain (environment, profile, IRSA);
 * the catalog's key-encryption key from ``$IDPASS_ARCHIVER_CATALOG_KEY`` or the file
-  named by ``catalog.key_file``.
+  named by ``catalog.key_file``;
+* a SQL source's URL (it holds the database password) from the environment variable
+  named by ``sources[N].url_env`` or the file named by ``sources[N].url_file``. Such a
+  variable is never read as an ``IDPASS_ARCHIVER_`` override.
 
 Only this module reads ``os.environ`` (through the mapping passed to :func:`load`).
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,7 +120,8 @@ class PipelineSettings(_Section):
 
 
 class ScheduleSettings(_Section):
-    # When `idpass-archiver schedule` runs a cycle (crontab syntax, 5 fields). Also
+    # When `idpass-archiver schedule` runs a cycle (crontab syntax, 5 fields; a
+    # 6-field form with seconds first is accepted for fast cycles). Also
     # tells `run` when the next run is, so passes due before it are flagged at risk.
     cron: str = "0 * * * *"
     timezone: str = "UTC"
@@ -127,33 +132,41 @@ class ScheduleSettings(_Section):
 
     @model_validator(mode="after")
     def _valid_cron(self) -> ScheduleSettings:
-        from apscheduler.triggers.cron import CronTrigger
+        from archiver.scheduler import make_trigger
 
         try:
-            CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+            make_trigger(self.cron, self.timezone)
         except (ValueError, LookupError) as exc:
             raise ValueError(f"cron {self.cron!r} is not a valid crontab entry: {exc}") from None
         return self
 
 
 class SqlSourceSettings(_Section):
-    """A SQL database the customer owns (their KYC system), read incrementally."""
+    """A SQL database the customer owns (their KYC system), read incrementally.
+
+    Checked when the file is loaded (:func:`from_mapping`): exactly one of
+    ``url_env`` / ``url_file``; ``query`` binds ``:watermark``; ``key_query`` (binding
+    ``:id``) is required when keys stay in the source and the query returns them;
+    ``store_cipher_keys = true`` needs a catalog key to seal them with.
+    """
 
     kind: Literal["sql"]
     name: str = Field(pattern=r"^[a-z0-9_\-]{1,32}$")
     # The SQLAlchemy URL comes from an environment variable or a file (it holds a
     # password), never from this file.
-    url_env: str | None = None
+    url_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     url_file: Path | None = None
     # Returns id, cipher_key (or NULL), completed_at (or NULL), image_retention_days
     # (or NULL) and the watermark column, for rows changed after :watermark.
-    query: str
-    watermark_column: str = "updated_at"
-    overlap_seconds: int = Field(default=300, ge=0)
+    query: str = Field(min_length=1)
+    watermark_column: str = Field(default="updated_at", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    overlap_seconds: int = Field(default=300, ge=0, le=30 * 86_400)
     # false: cipher keys stay in the source and are looked up with key_query when a
     # pass is processed; true: they are sealed into the catalog.
     store_cipher_keys: bool = False
-    key_query: str | None = None
+    key_query: str | None = Field(default=None, min_length=1)
+    # filled from url_env or url_file, never from TOML
+    url: SecretStr | None = Field(default=None, exclude=True)
 
 
 class FileSourceSettings(_Section):
@@ -198,9 +211,11 @@ def _scalar(text: str) -> Any:
         return text
 
 
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _apply_env(
+    data: dict[str, Any], environ: Mapping[str, str], skip: frozenset[str] = frozenset()
+) -> None:
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in _SECRET_ENV:
+        if not name.startswith(ENV_PREFIX) or name in _SECRET_ENV or name in skip:
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if len(path) != 2 or not all(path):
@@ -226,10 +241,21 @@ def _read_secret_file(path: Path, key: str) -> str:
     return text
 
 
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    """``sources.0.sql.query`` -> ``sources[0].query`` (the kind tag is dropped)."""
+    parts = list(loc)
+    if len(parts) >= 3 and parts[0] == "sources" and parts[2] in {"sql", "file"}:
+        del parts[2]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
 def _format_validation(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = _format_loc(err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against config/archiver.example.toml)"
@@ -248,6 +274,102 @@ def _reject_secrets_in_file(data: dict[str, Any]) -> None:
                 "or a *_file key",
                 key=f"{section}.{key}",
             )
+    sources = data.get("sources")
+    if isinstance(sources, list):
+        for i, table in enumerate(sources):
+            if isinstance(table, dict) and "url" in table:
+                raise ConfigError(
+                    "a source URL holds a password and may not be written in the config "
+                    "file; use url_env (the name of an environment variable) or url_file",
+                    key=f"sources[{i}].url",
+                )
+
+
+def _source_url_envs(data: dict[str, Any]) -> frozenset[str]:
+    """The variables named by ``sources[].url_env``: secrets, not overrides."""
+    sources = data.get("sources")
+    if not isinstance(sources, list):
+        return frozenset()
+    return frozenset(
+        t["url_env"] for t in sources if isinstance(t, dict) and isinstance(t.get("url_env"), str)
+    )
+
+
+# A bind parameter in a user's query: ``:name`` but not a PostgreSQL ``::cast``.
+def _binds(query: str, name: str) -> bool:
+    return re.search(rf"(?<![:\w]):{name}\b", query) is not None
+
+
+def _resolve_sources(
+    sources: tuple[SqlSourceSettings | FileSourceSettings, ...],
+    environ: Mapping[str, str],
+    *,
+    have_catalog_key: bool,
+) -> tuple[SqlSourceSettings | FileSourceSettings, ...]:
+    """Cross-field checks on ``[[sources]]`` and the SQL URLs read from env or files.
+
+    Messages name the key (``sources[N].url_env``) and never contain a URL.
+    """
+    seen: dict[str, int] = {}
+    resolved: list[SqlSourceSettings | FileSourceSettings] = []
+    for i, src in enumerate(sources):
+        where = f"sources[{i}]"
+        if src.name in seen:
+            raise ConfigError(
+                f"source name {src.name!r} is already used by sources[{seen[src.name]}]",
+                key=f"{where}.name",
+            )
+        seen[src.name] = i
+        if isinstance(src, FileSourceSettings):
+            resolved.append(src)
+            continue
+        if (src.url_env is None) == (src.url_file is None):
+            raise ConfigError(
+                "give exactly one of url_env (the name of an environment variable holding "
+                "the SQLAlchemy URL) or url_file (a file holding it)",
+                key=f"{where}.url_env",
+            )
+        if src.url_env is not None:
+            url = environ.get(src.url_env, "").strip()
+            if not url:
+                raise ConfigError(
+                    f"environment variable {src.url_env} is not set or empty",
+                    key=f"{where}.url_env",
+                )
+        else:
+            assert src.url_file is not None
+            url = _read_secret_file(src.url_file, f"{where}.url_file")
+        if not _binds(src.query, "watermark"):
+            raise ConfigError(
+                "the query must bind :watermark (e.g. WHERE updated_at > :watermark) so "
+                "that only changed rows are read",
+                key=f"{where}.query",
+            )
+        if src.key_query is not None and not _binds(src.key_query, "id"):
+            raise ConfigError(
+                "key_query must bind :id (the pass id) and return one row with a cipher_key column",
+                key=f"{where}.key_query",
+            )
+        if (
+            not src.store_cipher_keys
+            and src.key_query is None
+            and re.search(r"\bcipher_key\b", src.query, re.IGNORECASE)
+        ):
+            raise ConfigError(
+                "the query returns cipher_key but store_cipher_keys = false, so keys stay "
+                "in the source: set key_query to a query that binds :id and returns one "
+                "row with a cipher_key column (or set store_cipher_keys = true to seal "
+                "them into the catalog)",
+                key=f"{where}.key_query",
+            )
+        if src.store_cipher_keys and not have_catalog_key:
+            raise ConfigError(
+                f"store_cipher_keys = true needs a catalog key to seal the keys with: set "
+                f"{CATALOG_KEY_ENV} or catalog.key_file",
+                key=f"{where}.store_cipher_keys",
+            )
+        resolved.append(src.model_copy(update={"url": SecretStr(url)}))
+    return tuple(resolved)
 
 
 def from_mapping(
@@ -259,7 +381,7 @@ def from_mapping(
     env = os.environ if environ is None else environ
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     _reject_secrets_in_file(data)
-    _apply_env(data, env)
+    _apply_env(data, env, skip=_source_url_envs(data))
     try:
         settings = Settings.model_validate({**data, "source_path": source_path})
     except ValidationError as exc:
@@ -274,8 +396,10 @@ def from_mapping(
     catalog_url = settings.catalog.url
     if settings.catalog.url_file:
         catalog_url = _read_secret_file(settings.catalog.url_file, "catalog.url_file")
+    sources = _resolve_sources(settings.sources, env, have_catalog_key=bool(catalog_key))
     return settings.model_copy(
         update={
+            "sources": sources,
             "api": settings.api.model_copy(update={"token": SecretStr(token) if token else None}),
             "catalog": settings.catalog.model_copy(
                 update={

@@ -7,6 +7,7 @@ data, cipher keys, tokens or response bodies: only ids, keys, statuses and reaso
 
     ArchiverError                 retryable  systemic
     ├── ConfigError                   no        yes   bad or missing configuration
+    ├── AlreadyRunning                no        no    another run holds the catalog lock
     ├── ApiError                                      anything from the ID Pass API
     │   ├── ApiAuthError              no        yes   401 / 403: stop the run
     │   ├── ApiNotFound               no        no    404: unknown pass id
@@ -23,10 +24,14 @@ data, cipher keys, tokens or response bodies: only ids, keys, statuses and reaso
     │   ├── StoreAccessDenied         no        yes   credentials / policy
     │   ├── ObjectConflict            no        no    key exists with other content
     │   └── EncryptionRefused         no        yes   a write would not be encrypted
-    └── CatalogError                  no        yes   the catalog database
+    ├── CatalogError                  no        yes   the catalog database
+    └── SourceError                   yes**     no    a pass source (KYC database, export)
 
     * a single failure is retried at pass level; the pipeline treats a run in which
       the store is unreachable for every pass as a systemic failure.
+    ** retryable when the source may answer next time (down, timeout), not when its
+      answer is unusable (the query lacks a column, a key is invalid). Never
+      systemic: a source being down must not stop archiving what the catalog knows.
 """
 
 from __future__ import annotations
@@ -66,6 +71,10 @@ class ConfigError(ArchiverError):
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
+
+
+class AlreadyRunning(ArchiverError):
+    """Another run holds the SQLite catalog's lock; this run does nothing."""
 
 
 # --- ID Pass API -------------------------------------------------------------------
@@ -202,3 +211,27 @@ class CatalogError(ArchiverError):
     """The catalog database failed or holds something we cannot read."""
 
     systemic = True
+
+
+# --- sources ----------------------------------------------------------------------
+
+
+class SourceError(ArchiverError):
+    """A pass source (the customer's KYC database, an export file) failed.
+
+    Carries the source's name; never its URL, row values or cipher keys.
+    """
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str,
+        pass_id: str | None = None,
+        retryable: bool = True,
+    ) -> None:
+        super().__init__(f"source {source}: {message}", pass_id=pass_id)
+        self.source = source
+        self.retryable = retryable

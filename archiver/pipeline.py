@@ -93,6 +93,8 @@ class PipelineOptions:
     worker_id: str = "worker"
     lease_seconds: int = 600
     not_ready_margin: timedelta = timedelta(hours=24)
+    # When the next scheduled run starts: passes due before it are flagged at risk.
+    next_run: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,11 @@ class RunSummary:
     systemic_error: str | None = None
     dry_run: bool = False
     planned: list[dict[str, Any]] = field(default_factory=list)
+    worker_id: str | None = None
+    next_run: datetime | None = None
+    # passes with work left whose window closes before the next scheduled run
+    at_risk: list[tuple[str, datetime]] = field(default_factory=list)
+    stopped_early: bool = False
 
     @property
     def counts(self) -> dict[str, int]:
@@ -157,6 +164,13 @@ class RunSummary:
                 ),
                 key=lambda d: str(d["pass_id"]),
             ),
+            "at_risk": len(self.at_risk),
+            "at_risk_passes": [
+                {"pass_id": pid, "deadline": isoformat(deadline)} for pid, deadline in self.at_risk
+            ],
+            "next_run": isoformat(self.next_run) if self.next_run else None,
+            "worker_id": self.worker_id,
+            "stopped_early": self.stopped_early,
             "systemic_error": self.systemic_error,
             "exit_code": self.exit_code,
             "planned": self.planned if self.dry_run else None,
@@ -190,12 +204,28 @@ class Pipeline:
         self._systemic: str | None = None
         # What a details read taught us about a pass, saved with its outcome.
         self._learned: dict[str, dict[str, Any]] = {}
+        # Called after each pass (progress reporting); must be cheap.
+        self.on_result: Callable[[PassResult], None] | None = None
+        self._inflight: set[asyncio.Task[PassResult | None]] = set()
+        self._grace_handle: asyncio.TimerHandle | None = None
 
     # -- running ------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        """Finish passes in flight; start no new ones."""
+    def request_stop(self, grace: float | None = None) -> None:
+        """Start no new passes; let those in flight finish, for at most ``grace``
+        seconds if given, after which they are abandoned (nothing half-committed: the
+        manifest is written last, and their leases are released or expire)."""
+        if not self._stop.is_set():
+            log.warning("stop_requested", in_flight=len(self._inflight), grace_seconds=grace)
         self._stop.set()
+        if grace is not None and self._grace_handle is None:
+            self._grace_handle = asyncio.get_running_loop().call_later(grace, self._abandon)
+
+    def _abandon(self) -> None:
+        if self._inflight:
+            log.warning("passes_abandoned", count=len(self._inflight))
+        for task in list(self._inflight):
+            task.cancel()
 
     async def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -213,6 +243,8 @@ class Pipeline:
             run_id=run_id or new_run_id(self.clock.now()),
             started_at=self.clock.now(),
             dry_run=dry_run,
+            worker_id=self.opt.worker_id,
+            next_run=self.opt.next_run,
         )
         bound = structlog.contextvars.bound_contextvars(run_id=summary.run_id)
         with bound:
@@ -221,6 +253,15 @@ class Pipeline:
                 summary.planned = self._plan(limit, pass_ids)
             else:
                 await self._work(summary, limit, pass_ids)
+                summary.stopped_early = self._stop.is_set()
+                if self.opt.next_run is not None and self._systemic is None:
+                    summary.at_risk = [
+                        (e.pass_id, e.deadline)
+                        for e in self.catalog.at_risk(self.clock.now(), self.opt.next_run)
+                        if e.deadline is not None
+                    ]
+                    for pid, deadline in summary.at_risk:
+                        log.warning("pass_at_risk", pass_id=pid, deadline=isoformat(deadline))
             summary.finished_at = self.clock.now()
             summary.systemic_error = self._systemic
         return summary
@@ -265,10 +306,21 @@ class Pipeline:
                     return
                 if self._stop.is_set():
                     continue
-                result = await self._one(entry)
+                task = asyncio.create_task(self._one(entry))
+                self._inflight.add(task)
+                try:
+                    result = await task
+                except asyncio.CancelledError:
+                    if not task.cancelled():
+                        raise
+                    result = None  # abandoned after the stop grace period
+                finally:
+                    self._inflight.discard(task)
                 if result is not None:
                     summary.results.append(result)
                     unprocessed.discard(entry.pass_id)
+                    if self.on_result is not None:
+                        self.on_result(result)
 
         if not pass_ids:
             expired, gone = self.catalog.close_overdue(self.clock.now())
@@ -419,7 +471,7 @@ class Pipeline:
             deadline=deadline,
         )
         if not d.is_terminal:
-            return PassResult(pid, Outcome.NOT_READY, f"status {d.status}")
+            return self._not_ready(pid, d.created_at, d.link_validity_days, d.status)
         if d.status not in self.opt.archive_statuses:
             return PassResult(pid, Outcome.SKIPPED, f"status {d.status} is not archived by config")
         if d.completed_at is None:
@@ -436,6 +488,25 @@ class Pipeline:
             )
         images = await self._check_images(pid, read, key if local else None)
         return await self._write(entry, read, images, deadline)
+
+    def _not_ready(
+        self, pid: str, created_at: datetime | None, link_days: int | None, status: str
+    ) -> PassResult:
+        """Not complete yet: check again later, but give up once the customer's link
+        has long stopped working (it can no longer complete)."""
+        if created_at is None or link_days is None:
+            return PassResult(pid, Outcome.NOT_READY, f"status {status}")
+        link_expires = created_at + timedelta(days=link_days)
+        self._learn(pid, link_expires_at=link_expires)
+        give_up = link_expires + self.opt.not_ready_margin
+        if self.clock.now() >= give_up:
+            return PassResult(
+                pid,
+                Outcome.SKIPPED,
+                f"still {status} {self.opt.not_ready_margin} after its link expired "
+                f"at {isoformat(link_expires)}",
+            )
+        return PassResult(pid, Outcome.NOT_READY, f"status {status}")
 
     def _no_images(
         self, pid: str, retention: int | None, deadline: datetime | None, read: PassRead

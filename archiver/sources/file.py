@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from archiver.catalog import PassUpsert
-from archiver.errors import DecryptionError
-from archiver.idpass.crypto import parse_key
+from archiver.sources.records import (
+    normalise_pass_id,
+    parse_cipher_key,
+    parse_retention,
+    parse_timestamp,
+)
+
+__all__ = ["LineError", "detect_format", "normalise_pass_id", "parse_record", "read_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,65 +35,15 @@ class LineError:
     reason: str
 
 
-def normalise_pass_id(raw: Any) -> str:
-    """A canonical lowercase UUID string, or ValueError."""
-    if not isinstance(raw, str):
-        raise ValueError("id is not a string")
-    try:
-        return str(uuid.UUID(raw.strip()))
-    except ValueError:
-        raise ValueError("id is not a UUID") from None
-
-
-def _parse_ts(raw: Any) -> datetime | None:
-    if raw is None or raw == "":
-        return None
-    if not isinstance(raw, str):
-        raise ValueError("completed_at is not a string")
-    try:
-        ts = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError("completed_at is not an ISO 8601 timestamp") from None
-    if ts.tzinfo is None:
-        raise ValueError("completed_at has no timezone")
-    return ts
-
-
-def _parse_retention(raw: Any) -> int | None:
-    if raw is None or raw == "":
-        return None
-    if isinstance(raw, bool):
-        raise ValueError("image_retention_days is not an integer")
-    try:
-        days = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError("image_retention_days is not an integer") from None
-    if not 0 <= days <= 5000:
-        raise ValueError("image_retention_days is outside 0..5000")
-    return days
-
-
-def _parse_key(raw: Any) -> str | None:
-    if raw is None or raw == "":
-        return None
-    if not isinstance(raw, str):
-        raise ValueError("cipher_key is not a string")
-    try:
-        parse_key(raw.strip())
-    except DecryptionError as exc:
-        raise ValueError(str(exc)) from None
-    return raw.strip()
-
-
 def parse_record(record: Any, source: str) -> PassUpsert:
     if not isinstance(record, dict):
         raise ValueError("line is not an object")
     return PassUpsert(
         pass_id=normalise_pass_id(record.get("id")),
         source=source,
-        cipher_key=_parse_key(record.get("cipher_key")),
-        completed_at=_parse_ts(record.get("completed_at")),
-        image_retention_days=_parse_retention(record.get("image_retention_days")),
+        cipher_key=parse_cipher_key(record.get("cipher_key")),
+        completed_at=parse_timestamp(record.get("completed_at"), "completed_at"),
+        image_retention_days=parse_retention(record.get("image_retention_days")),
     )
 
 

@@ -1,0 +1,61 @@
+"""Rate limiting as a wrapper around the API boundary (not a flag inside the core)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from archiver.idpass.client import PassRead
+from archiver.pipeline import DetailsReader
+
+
+class AsyncRateLimiter:
+    """At most ``rate`` acquisitions per second on average, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int | None = None) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.burst = float(burst if burst is not None else max(1, int(rate)))
+        self._tokens = self.burst
+        self._last = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+                self._last = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+
+
+class RateLimitedReader:
+    """A :class:`DetailsReader` that waits for the limiter before every request."""
+
+    def __init__(self, inner: DetailsReader, limiter: AsyncRateLimiter) -> None:
+        self.inner = inner
+        self.limiter = limiter
+
+    async def details(
+        self,
+        pass_id: str,
+        cipher_key: str | None = None,
+        *,
+        images: bool = True,
+        documents: bool = False,
+        logs: bool = False,
+        decrypt_locally_with: str | None = None,
+    ) -> PassRead:
+        await self.limiter.acquire()
+        return await self.inner.details(
+            pass_id,
+            cipher_key,
+            images=images,
+            documents=documents,
+            logs=logs,
+            decrypt_locally_with=decrypt_locally_with,
+        )
