@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +169,72 @@ def test_import_missing_file_is_a_usage_error(cli_config):
     cfg, env = cli_config
     proc = _cli(["catalog", "import", "/nonexistent.jsonl", "--config", str(cfg)], env=env)
     assert proc.returncode == 2 and "/nonexistent.jsonl" in proc.stderr
+
+
+def _count_runs(db: Path) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() or 0)
+    except sa.exc.OperationalError:
+        return 0
+    finally:
+        engine.dispose()
+
+
+def test_schedule_runs_on_each_tick_and_stops_cleanly_on_sigterm(cli_config, sandbox_http):
+    """schedule runs a cycle per cron tick, and SIGTERM ends it with exit 0."""
+    import signal
+    import time
+
+    cfg, env = cli_config
+    cfg.write_text(cfg.read_text() + '\n[schedule]\ncron = "*/2 * * * * *"\n')
+    sandbox_http.post("/_sandbox/passes", json={"count": 2, "image_retention_days": 4})
+    ledger = cfg.parent / "ledger.jsonl"
+    ledger.write_bytes(sandbox_http.get("/_sandbox/ledger").content)
+    assert _cli(["catalog", "import", str(ledger), "--config", str(cfg)], env=env).returncode == 0
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("IDPASS_ARCHIVER_")}
+    full_env.update(env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "schedule", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+    )
+    db = cfg.parent / "catalog.db"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _count_runs(db) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    runs = _count_runs(db)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert runs >= 2, (out + err)[-3000:]
+    assert proc.returncode == 0, err[-3000:]
+    events = [json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
+    assert events.count("run_finished") >= 2
+    assert events[-1] == "schedule_stopped"
+    status = _cli(["status", "--config", str(cfg), "--json"], env=env)
+    assert json.loads(status.stdout)["counts"] == {"archived": 2}
+
+
+def test_run_refuses_while_another_holds_the_lock(cli_config, sandbox_http):
+    """A run started while another holds the SQLite catalog lock exits 5 and does nothing."""
+    import fcntl
+
+    cfg, env = cli_config
+    sandbox_http.post("/_sandbox/passes", json={"image_retention_days": 4})
+    ledger = cfg.parent / "ledger.jsonl"
+    ledger.write_bytes(sandbox_http.get("/_sandbox/ledger").content)
+    _cli(["catalog", "import", str(ledger), "--config", str(cfg)], env=env)
+    lock = cfg.parent / "catalog.db.lock"
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        proc = _cli(["run", "--config", str(cfg)], env=env)
+    assert proc.returncode == 5
+    assert "another run holds the catalog lock" in proc.stderr
+    status = _cli(["status", "--config", str(cfg), "--json"], env=env)
+    assert json.loads(status.stdout)["counts"] == {"pending": 1}
+    assert _cli(["run", "--config", str(cfg)], env=env).returncode == 0

@@ -44,7 +44,7 @@ key.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -207,7 +207,7 @@ class SqlSource:
 
     def iter_changes(
         self, watermark: datetime | None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS
-    ) -> Iterator[SourceBatch]:
+    ) -> Generator[SourceBatch, None, None]:
         """Rows changed since ``watermark`` (minus the overlap), ``chunk_rows`` at a time.
 
         Each batch's ``new_watermark`` is the largest value seen in that batch. Close
@@ -216,9 +216,9 @@ class SqlSource:
         engine = self._get_engine()
         try:
             with engine.connect() as conn:
-                result = conn.execution_options(
-                    stream_results=True, yield_per=chunk_rows
-                ).execute(self._changes, {"watermark": self.since(watermark)})
+                result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(
+                    self._changes, {"watermark": self.since(watermark)}
+                )
                 reader = _RowReader(self, list(result.keys()))
                 for rows in result.partitions(chunk_rows):
                     yield reader.batch(rows)
@@ -343,9 +343,7 @@ class _RowReader:
     def _parse(self, row: Sequence[Any]) -> PassUpsert:
         pass_id = normalise_pass_id(self._get(row, "id"))
         key = parse_cipher_key(self._get(row, "cipher_key"))
-        completed_at = parse_timestamp(
-            self._get(row, "completed_at"), "completed_at", naive="utc"
-        )
+        completed_at = parse_timestamp(self._get(row, "completed_at"), "completed_at", naive="utc")
         retention = parse_retention(self._get(row, "image_retention_days"))
         if self.store_keys:
             cipher_key, key_ref = key, None
