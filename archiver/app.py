@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from archiver.catalog import Scope
 from archiver.catalog.keys import KeySealer
 from archiver.catalog.sql import SqlCatalog
 from archiver.clock import Clock, SystemClock
@@ -127,6 +128,8 @@ async def run_cycle(
     stop: threading.Event | None = None,
     requests_per_second: float | None = None,
     on_result: Callable[[PassResult], None] | None = None,
+    scope: Scope | None = None,
+    key_lookup: Callable[[str, str], str | None] | None = None,
 ) -> RunSummary:
     """One archival cycle against the configured API and bucket.
 
@@ -174,6 +177,7 @@ async def run_cycle(
                     executor=executor,
                 )
                 pipeline.on_result = on_result
+                pipeline.key_lookup = key_lookup
 
                 async def watch() -> None:
                     while not stop.is_set():
@@ -182,7 +186,9 @@ async def run_cycle(
 
                 watcher = asyncio.create_task(watch())
                 try:
-                    summary = await pipeline.run(limit=limit, pass_ids=pass_ids, dry_run=dry_run)
+                    summary = await pipeline.run(
+                        limit=limit, pass_ids=pass_ids, dry_run=dry_run, scope=scope
+                    )
                 finally:
                     watcher.cancel()
     finally:

@@ -16,6 +16,7 @@ import asyncio
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="list what would be fetched; write nothing"
     )
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    run.add_argument(
+        "--no-sync", action="store_true", help="do not read the configured sources first"
+    )
+
+    sync = sub.add_parser(
+        "sync",
+        help="read new and changed passes from the configured [[sources]] into the catalog",
+    )
+    _add_config(sync)
+    sync.add_argument("--source", metavar="NAME", help="only this source")
+    sync.add_argument("--json", action="store_true")
 
     enq = sub.add_parser(
         "enqueue",
@@ -102,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file", type=Path)
     imp.add_argument("--format", choices=["jsonl", "csv"], help="default: from the extension")
     imp.add_argument("--json", action="store_true")
+
+    back = sub.add_parser(
+        "backfill",
+        help="archive the passes completed in a date range, or listed in a file",
+        description="Archive every pass of the catalog completed in [FROM, TO] (whole "
+        "UTC days) or listed in --ids-file (one id per line; unknown ids are enqueued). "
+        "Resumable: a rerun continues where the last one stopped. Rate-limited with "
+        "--rate (requests per second; default api.requests_per_second).",
+    )
+    _add_config(back)
+    back.add_argument("--completed-from", type=_day, metavar="DATE")
+    back.add_argument("--completed-to", type=_day_end, metavar="DATE")
+    back.add_argument("--ids-file", type=Path, metavar="FILE")
+    back.add_argument("--rate", type=float, metavar="RPS", help="details requests per second")
+    back.add_argument("--limit", type=int, metavar="N")
+    back.add_argument("--dry-run", action="store_true")
+    back.add_argument("--json", action="store_true")
 
     sched = sub.add_parser(
         "schedule",
@@ -151,6 +180,7 @@ def _print_json(doc: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from archiver.app import run_cycle_sync, run_lock, runtime
     from archiver.sources.file import normalise_pass_id
+    from archiver.sources.sync import SourcePool, sync_sources
 
     settings = config_mod.load(args.config)
     _setup_logging(settings, args)
@@ -162,8 +192,125 @@ def cmd_run(args: argparse.Namespace) -> int:
             pass_ids = [normalise_pass_id(p) for p in args.pass_ids]
         except ValueError as exc:
             raise ConfigError(f"--pass: {exc}") from None
-    with run_lock(settings), runtime(settings) as rt:
-        summary = run_cycle_sync(rt, limit=args.limit, pass_ids=pass_ids, dry_run=args.dry_run)
+    with run_lock(settings), runtime(settings) as rt, SourcePool(settings) as pool:
+        reports = []
+        if settings.sources and not args.dry_run and not args.no_sync:
+            reports = sync_sources(settings, rt.catalog, pool=pool, clock=rt.clock)
+        summary = run_cycle_sync(
+            rt, limit=args.limit, pass_ids=pass_ids, dry_run=args.dry_run, key_lookup=pool
+        )
+    summary.sources = [r.to_json() for r in reports]
+    _report_run(summary, args)
+    if summary.exit_code == EXIT_OK and not all(r.ok for r in reports):
+        return EXIT_INCOMPLETE
+    return summary.exit_code
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from archiver.app import open_catalog
+    from archiver.sources.sync import SourcePool, sync_sources
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+    if not settings.sources:
+        raise ConfigError("no [[sources]] are configured", key="sources")
+    catalog = open_catalog(settings)
+    try:
+        with SourcePool(settings) as pool:
+            reports = sync_sources(settings, catalog, only=args.source, pool=pool)
+    finally:
+        catalog.close()
+    if args.json:
+        _print_json({"sources": [r.to_json() for r in reports]})
+    else:
+        for r in reports:
+            doc = r.to_json()
+            print(
+                f"{doc['name']} ({doc['kind']}): read {doc['read']}, {doc['added']} new, "
+                f"{doc['updated']} updated, {doc['unchanged']} unchanged, "
+                f"{doc['rejected']} rejected, watermark {doc.get('watermark_after') or '-'}"
+                + (f", FAILED: {doc['error']}" if doc.get("error") else "")
+            )
+            for rej in doc.get("rejections", []):
+                print(f"  {doc['name']} row {rej['row']}: {rej['reason']}", file=sys.stderr)
+    ok = all(r.ok and not r.to_json()["rejected"] for r in reports)
+    return EXIT_OK if ok else EXIT_INCOMPLETE
+
+
+def _day(text: str) -> datetime:
+    """YYYY-MM-DD (UTC midnight) or a full ISO 8601 timestamp with a zone."""
+    try:
+        if len(text) == 10:
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+    if ts.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no timezone")
+    return ts
+
+
+def _day_end(text: str) -> datetime:
+    """The exclusive end of a range: a bare date means the whole of that day."""
+    ts = _day(text)
+    return ts + timedelta(days=1) if len(text) == 10 else ts
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from archiver.app import run_cycle_sync, run_lock, runtime
+    from archiver.catalog import PassUpsert, Scope
+    from archiver.clock import SystemClock
+    from archiver.progress import Progress
+    from archiver.sources.file import normalise_pass_id
+    from archiver.sources.sync import SourcePool
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+    if args.ids_file is None and (args.completed_from is None or args.completed_to is None):
+        raise ConfigError("backfill needs --completed-from and --completed-to, or --ids-file")
+    if args.rate is not None and args.rate <= 0:
+        raise ConfigError("--rate must be positive (requests per second)")
+    ids: tuple[str, ...] | None = None
+    if args.ids_file is not None:
+        try:
+            lines = args.ids_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.ids_file} ({exc.strerror})") from None
+        parsed, bad = [], []
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                parsed.append(normalise_pass_id(line))
+            except ValueError as exc:
+                bad.append(f"line {n}: {exc}")
+        for b in bad:
+            print(f"  {args.ids_file}: {b}", file=sys.stderr)
+        ids = tuple(dict.fromkeys(parsed))
+    scope = Scope(
+        completed_from=args.completed_from,
+        completed_to=args.completed_to,
+        pass_ids=ids,
+        waive_backoff_before=SystemClock().now(),
+    )
+    with run_lock(settings), runtime(settings) as rt, SourcePool(settings) as pool:
+        if ids:
+            rt.catalog.upsert(PassUpsert(pass_id=pid, source="backfill") for pid in ids)
+        total = rt.catalog.count_due(SystemClock().now(), scope)
+        progress = Progress(total)
+        structlog.get_logger("archiver.cli").info("backfill_started", total=total)
+        try:
+            summary = run_cycle_sync(
+                rt,
+                scope=scope,
+                dry_run=args.dry_run,
+                limit=args.limit,
+                requests_per_second=args.rate,
+                on_result=progress,
+                key_lookup=pool,
+            )
+        finally:
+            progress.close()
     _report_run(summary, args)
     return summary.exit_code
 
@@ -171,13 +318,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     from archiver.app import run_cycle, run_lock, runtime
     from archiver.scheduler import serve
+    from archiver.sources.sync import SourcePool, sync_sources
 
     settings = config_mod.load(args.config)
     _setup_logging(settings, args)
 
     def cycle(stop: threading.Event) -> None:
-        with run_lock(settings), runtime(settings) as rt:
-            summary = asyncio.run(run_cycle(rt, stop=stop))
+        with run_lock(settings), runtime(settings) as rt, SourcePool(settings) as pool:
+            if settings.sources:
+                sync_sources(settings, rt.catalog, pool=pool, clock=rt.clock)
+            summary = asyncio.run(run_cycle(rt, stop=stop, key_lookup=pool))
         _report_run(summary, args)
 
     sched = settings.schedule
@@ -374,6 +524,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "sync": cmd_sync,
+    "backfill": cmd_backfill,
     "schedule": cmd_schedule,
     "enqueue": cmd_enqueue,
     "catalog": cmd_catalog,

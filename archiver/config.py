@@ -295,8 +295,8 @@ def _source_url_envs(data: dict[str, Any]) -> frozenset[str]:
     )
 
 
-# A bind parameter in a user's query: ``:name`` but not a PostgreSQL ``::cast``.
 def _binds(query: str, name: str) -> bool:
+    """Whether a user's query binds ``:name`` (a PostgreSQL ``::cast`` does not count)."""
     return re.search(rf"(?<![:\w]):{name}\b", query) is not None
 
 

@@ -19,6 +19,7 @@ no new ones start, and the exit code says so.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ import orjson
 import structlog
 
 from archiver import __version__
-from archiver.catalog import Catalog, CatalogEntry, Outcome, OutcomeUpdate
+from archiver.catalog import Catalog, CatalogEntry, Outcome, OutcomeUpdate, Scope
 from archiver.clock import Clock, isoformat
 from archiver.core import manifest as mf
 from archiver.core.images import (
@@ -56,6 +57,8 @@ from archiver.idpass.models import SLOTS
 from archiver.store import ObjectStore, PutResult
 
 log = structlog.get_logger("archiver.pipeline")
+
+ID_CHUNK = 500  # pass ids per claim when a backfill names them
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
@@ -125,6 +128,8 @@ class RunSummary:
     # passes with work left whose window closes before the next scheduled run
     at_risk: list[tuple[str, datetime]] = field(default_factory=list)
     stopped_early: bool = False
+    # what each configured source contributed before the run (SourceReport.to_json())
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -171,6 +176,7 @@ class RunSummary:
             "next_run": isoformat(self.next_run) if self.next_run else None,
             "worker_id": self.worker_id,
             "stopped_early": self.stopped_early,
+            "sources": self.sources,
             "systemic_error": self.systemic_error,
             "exit_code": self.exit_code,
             "planned": self.planned if self.dry_run else None,
@@ -204,6 +210,8 @@ class Pipeline:
         self._systemic: str | None = None
         # What a details read taught us about a pass, saved with its outcome.
         self._learned: dict[str, dict[str, Any]] = {}
+        # (key_ref, pass_id) -> cipher key, for keys kept in their source (blocking).
+        self.key_lookup: Callable[[str, str], str | None] | None = None
         # Called after each pass (progress reporting); must be cheap.
         self.on_result: Callable[[PassResult], None] | None = None
         self._inflight: set[asyncio.Task[PassResult | None]] = set()
@@ -238,6 +246,7 @@ class Pipeline:
         pass_ids: Sequence[str] | None = None,
         dry_run: bool = False,
         run_id: str | None = None,
+        scope: Scope | None = None,
     ) -> RunSummary:
         summary = RunSummary(
             run_id=run_id or new_run_id(self.clock.now()),
@@ -252,7 +261,7 @@ class Pipeline:
             if dry_run:
                 summary.planned = self._plan(limit, pass_ids)
             else:
-                await self._work(summary, limit, pass_ids)
+                await self._work(summary, limit, pass_ids, scope)
                 summary.stopped_early = self._stop.is_set()
                 if self.opt.next_run is not None and self._systemic is None:
                     summary.at_risk = [
@@ -294,7 +303,11 @@ class Pipeline:
         return found
 
     async def _work(
-        self, summary: RunSummary, limit: int | None, pass_ids: Sequence[str] | None
+        self,
+        summary: RunSummary,
+        limit: int | None,
+        pass_ids: Sequence[str] | None,
+        scope: Scope | None = None,
     ) -> None:
         queue: asyncio.Queue[CatalogEntry | None] = asyncio.Queue(maxsize=self.opt.concurrency)
         unprocessed: set[str] = set()  # claimed but not (yet) finished
@@ -322,7 +335,7 @@ class Pipeline:
                     if self.on_result is not None:
                         self.on_result(result)
 
-        if not pass_ids:
+        if not pass_ids and scope is None:
             expired, gone = self.catalog.close_overdue(self.clock.now())
             for pid in expired:
                 log.warning("pass_expired", pass_id=pid)
@@ -342,7 +355,7 @@ class Pipeline:
                         break
                     await queue.put(entry)
             else:
-                await self._feed(queue, limit, unprocessed)
+                await self._feed(queue, limit, unprocessed, scope)
         finally:
             for _ in workers:
                 await queue.put(None)
@@ -355,25 +368,35 @@ class Pipeline:
         queue: asyncio.Queue[CatalogEntry | None],
         limit: int | None,
         unprocessed: set[str],
+        scope: Scope | None,
     ) -> None:
-        """Claim due passes in small batches (leases stay short-lived) and queue them."""
+        """Claim due passes in small batches (leases stay short-lived) and queue them.
+        A scope with many pass ids is worked through in chunks."""
         fed = 0
         step = max(2, self.opt.concurrency * 2)
-        while not self._stop.is_set():
-            want = step if limit is None else min(step, limit - fed)
-            if want <= 0:
-                return
-            batch = self.catalog.claim(
-                self.opt.worker_id, self.clock.now(), want, self.opt.lease_seconds
-            )
-            if not batch:
-                return
-            unprocessed.update(e.pass_id for e in batch)
-            for entry in batch:
-                if self._stop.is_set():
+        scopes: list[Scope | None] = [scope]
+        if scope is not None and scope.pass_ids is not None:
+            ids = scope.pass_ids
+            scopes = [
+                dataclasses.replace(scope, pass_ids=ids[i : i + ID_CHUNK])
+                for i in range(0, len(ids), ID_CHUNK)
+            ]
+        for part in scopes:
+            while not self._stop.is_set():
+                want = step if limit is None else min(step, limit - fed)
+                if want <= 0:
                     return
-                fed += 1
-                await queue.put(entry)
+                batch = self.catalog.claim(
+                    self.opt.worker_id, self.clock.now(), want, self.opt.lease_seconds, part
+                )
+                if not batch:
+                    break
+                unprocessed.update(e.pass_id for e in batch)
+                for entry in batch:
+                    if self._stop.is_set():
+                        return
+                    fed += 1
+                    await queue.put(entry)
 
     # -- one pass -----------------------------------------------------------------
 
@@ -455,6 +478,9 @@ class Pipeline:
 
         local = self.opt.decryption == "local"
         key = entry.cipher_key
+        if key is None and entry.key_ref is not None and self.key_lookup is not None:
+            # The key stays in the customer's source; it is read only now, into memory.
+            key = await self._io(self.key_lookup, entry.key_ref, pid)
         read = await self.api.details(
             pid,
             None if local else key,

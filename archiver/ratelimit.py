@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from archiver.idpass.client import PassRead
 from archiver.pipeline import DetailsReader
@@ -12,25 +13,34 @@ from archiver.pipeline import DetailsReader
 class AsyncRateLimiter:
     """At most ``rate`` acquisitions per second on average, bursts up to ``burst``."""
 
-    def __init__(self, rate: float, burst: int | None = None) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: int | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
         self.burst = float(burst if burst is not None else max(1, int(rate)))
+        self._monotonic = monotonic
+        self._sleep = sleep
         self._tokens = self.burst
-        self._last = time.monotonic()
+        self._last = monotonic()
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         async with self._lock:
             while True:
-                now = time.monotonic()
+                now = self._monotonic()
                 self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
                 self._last = now
                 if self._tokens >= 1:
                     self._tokens -= 1
                     return
-                await asyncio.sleep((1 - self._tokens) / self.rate)
+                await self._sleep((1 - self._tokens) / self.rate)
 
 
 class RateLimitedReader:

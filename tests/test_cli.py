@@ -8,55 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from archiver.catalog.keys import new_catalog_secret
+from tests.fixtures.cli import run_cli as _cli
 
 PID = "0b6f3c9e-6a55-4a43-9d8f-2f0a8f7e3c11"
-
-
-def _cli(args, *, env=None, stdin=None, watch=None, timeout=120):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("IDPASS_ARCHIVER_")}
-    full_env.update(env or {})
-    proc = subprocess.run(
-        [sys.executable, "-m", "archiver", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-    )
-    if watch is not None:
-        watch.output(f"cli {args[0]} stdout", proc.stdout)
-        watch.output(f"cli {args[0]} stderr", proc.stderr)
-    return proc
-
-
-@pytest.fixture
-def cli_config(tmp_path, sandbox_reset, seaweedfs, s3_bucket):
-    cfg = tmp_path / "archiver.toml"
-    cfg.write_text(
-        f"""
-[api]
-base_url = "{sandbox_reset.base_url}"
-[storage]
-bucket = "{s3_bucket}"
-prefix = "cli"
-endpoint_url = "{seaweedfs.endpoint_url}"
-region = "us-east-1"
-kms_key_id = "archive-key"
-[catalog]
-url = "sqlite:///{tmp_path / "catalog.db"}"
-"""
-    )
-    access, secret = seaweedfs.credentials
-    env = {
-        "IDPASS_ARCHIVER_API_TOKEN": sandbox_reset.token,
-        "IDPASS_ARCHIVER_CATALOG_KEY": new_catalog_secret(),
-        "AWS_ACCESS_KEY_ID": access,
-        "AWS_SECRET_ACCESS_KEY": secret,
-    }
-    return cfg, env
 
 
 def test_version_and_help():

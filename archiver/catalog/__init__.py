@@ -90,6 +90,22 @@ class OutcomeUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class Scope:
+    """Narrows which due passes a run claims (a backfill). ``None`` fields: no limit.
+
+    ``completed_from`` is inclusive and ``completed_to`` exclusive. A backfill waives
+    the retry backoff of passes last touched before ``waive_backoff_before`` (the
+    backfill's start: a person asked for them now), so a pass that fails again during
+    the backfill still waits; it never takes other workers' leases.
+    """
+
+    completed_from: datetime | None = None
+    completed_to: datetime | None = None
+    pass_ids: tuple[str, ...] | None = None
+    waive_backoff_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UpsertStats:
     added: int = 0
     updated: int = 0
@@ -102,8 +118,15 @@ class Catalog(Protocol):
     def due(self, now: datetime, limit: int) -> list[CatalogEntry]: ...
 
     def claim(
-        self, worker: str, now: datetime, limit: int, lease_seconds: int
+        self,
+        worker: str,
+        now: datetime,
+        limit: int,
+        lease_seconds: int,
+        scope: Scope | None = None,
     ) -> list[CatalogEntry]: ...
+
+    def count_due(self, now: datetime, scope: Scope | None = None) -> int: ...
 
     def close_overdue(self, now: datetime) -> tuple[list[str], list[str]]: ...
 

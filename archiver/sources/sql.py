@@ -1,7 +1,7 @@
 """The ``sql`` source: the customer's own KYC database, read incrementally.
 
-Any SQLAlchemy URL (the driver must be installed: ``psycopg`` for PostgreSQL ships
-with the archiver, others are added by the operator). The configured ``query`` is
+Any SQLAlchemy URL whose driver is installed (``psycopg`` for PostgreSQL comes with
+the ``postgres`` extra; the operator installs any other). The configured ``query`` is
 the operator's; this module binds only ``:watermark`` (and ``:id`` in ``key_query``)
 and reads columns by name, case-insensitively:
 

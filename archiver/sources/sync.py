@@ -38,7 +38,7 @@ from archiver.sources.sql import DEFAULT_CHUNK_ROWS, SqlSource
 # How many rejected rows a report lists (it always counts them all).
 MAX_REPORTED_REJECTIONS = 20
 
-KeyLookup = Callable[[str, str], "str | None"]
+KeyLookup = Callable[[str, str], str | None]
 """``lookup(key_ref, pass_id)``: the pass's cipher key from the source named by key_ref."""
 
 log = structlog.get_logger("archiver.sources")

@@ -1,0 +1,288 @@
+"""Workers sharing one PostgreSQL catalog: real processes, real sandbox, real SeaweedFS.
+
+Each worker is ``python -m archiver run`` as an operator starts it, configured by a
+TOML file whose catalog URL comes from ``catalog.url_file``, and named through
+``IDPASS_ARCHIVER_CATALOG__WORKER_ID``. What each pass got is read from three
+places: the object versions in the (versioned) bucket, each worker's JSON summary
+and ``pass_done`` log events, and the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from archiver.catalog.keys import new_catalog_secret
+from archiver.catalog.sql import SqlCatalog
+
+ARCHIVER = [sys.executable, "-m", "archiver"]
+PREFIX = "workers"
+SLOTS = ["id_photo_cropped"]  # one small image a pass keeps the test quick
+
+
+@dataclass
+class Worker:
+    name: str
+    proc: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+
+    def finish(self, timeout: float = 180) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Wait for the run to end; its JSON summary and its JSON log events."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"{self.name} did not finish in {timeout}s:\n{self.tail()}")
+        assert self.proc.returncode == 0, (
+            f"{self.name} exited {self.proc.returncode}:\n{self.tail()}"
+        )
+        return json.loads(self.out.read_text()), self.events()
+
+    def events(self) -> list[dict[str, Any]]:
+        lines = self.err.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.err.read_text().splitlines()[-lines:])
+
+
+@dataclass
+class Bed:
+    """A sandbox, a bucket and a PostgreSQL catalog, and how to start workers on them."""
+
+    tmp: Path
+    config: Path
+    env: dict[str, str]
+    url: str
+    http: Any
+    pii: Any
+
+    def seed(self, count: int, **spec: Any) -> list[str]:
+        r = self.http.post("/_sandbox/passes", json={"count": count, "slots": SLOTS, **spec})
+        assert r.status_code == 201, r.text
+        return [p["id"] for p in r.json()["passes"]]
+
+    def import_ledger(self) -> None:
+        ledger = self.tmp / "ledger.jsonl"
+        ledger.write_bytes(self.http.get("/_sandbox/ledger").content)
+        proc = subprocess.run(
+            [*ARCHIVER, "catalog", "import", str(ledger), "--config", str(self.config), "--json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.pii.output("workers import stdout", proc.stdout)
+        self.pii.output("workers import stderr", proc.stderr)
+        assert proc.returncode == 0, proc.stderr
+
+    def start(self, name: str, **settings: Any) -> Worker:
+        """``idpass-archiver run --json`` as worker ``name``; ``settings`` are
+        ``section__key`` environment overrides."""
+        env = {**self.env, "IDPASS_ARCHIVER_CATALOG__WORKER_ID": name}
+        env.update({f"IDPASS_ARCHIVER_{k.upper()}": str(v) for k, v in settings.items()})
+        n = len(list(self.tmp.glob("run-*.out")))
+        out, err = self.tmp / f"run-{n}-{name}.out", self.tmp / f"run-{n}-{name}.err"
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [*ARCHIVER, "run", "--config", str(self.config), "--json"],
+                env=env,
+                stdout=stdout,
+                stderr=stderr,
+            )
+        return Worker(name, proc, out, err)
+
+    def watch(self, *workers: Worker) -> None:
+        for w in workers:
+            self.pii.output(f"worker {w.name} stdout", w.out.read_text())
+            self.pii.output(f"worker {w.name} stderr", w.err.read_text())
+
+    def leases(self) -> dict[str, tuple[str, datetime]]:
+        """pass_id -> (lease owner, lease expiry) for every leased pass."""
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT pass_id, lease_owner, lease_expires_at FROM passes "
+                        "WHERE lease_owner IS NOT NULL"
+                    )
+                ).all()
+        finally:
+            engine.dispose()
+        return {pid: (owner, exp.replace(tzinfo=UTC)) for pid, owner, exp in rows}
+
+    def counts(self) -> dict[str, int]:
+        cat = SqlCatalog(self.url)
+        try:
+            return dict(cat.counts())
+        finally:
+            cat.close()
+
+
+@pytest.fixture
+def bed(tmp_path, sandbox_reset, sandbox_http, seaweedfs, s3_bucket, pg_url, pii_watch) -> Bed:
+    url_file = tmp_path / "catalog-url"
+    url_file.write_text(pg_url + "\n")
+    config = tmp_path / "archiver.toml"
+    config.write_text(
+        f"""
+[api]
+base_url = "{sandbox_reset.base_url}"
+[storage]
+bucket = "{s3_bucket}"
+prefix = "{PREFIX}"
+endpoint_url = "{seaweedfs.endpoint_url}"
+region = "us-east-1"
+kms_key_id = "archive-key"
+[catalog]
+url_file = "{url_file}"
+[logging]
+format = "json"
+"""
+    )
+    access, secret = seaweedfs.credentials
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDPASS_ARCHIVER_")}
+    env.update(
+        {
+            "IDPASS_ARCHIVER_API_TOKEN": sandbox_reset.token,
+            "IDPASS_ARCHIVER_CATALOG_KEY": new_catalog_secret(),
+            "AWS_ACCESS_KEY_ID": access,
+            "AWS_SECRET_ACCESS_KEY": secret,
+        }
+    )
+    return Bed(tmp_path, config, env, pg_url, sandbox_http, pii_watch)
+
+
+def _archived_ids(events: list[dict[str, Any]]) -> list[str]:
+    return [
+        e["pass_id"] for e in events if e["event"] == "pass_done" and e["outcome"] == "archived"
+    ]
+
+
+def _assert_written_once(seaweedfs, bucket: str, ids: list[str]) -> None:
+    """Every object in the bucket was written exactly once; every pass has a manifest."""
+    versions = seaweedfs.versions_per_key(bucket, f"{PREFIX}/passes/")
+    rewritten = {k: n for k, n in versions.items() if n != 1}
+    assert rewritten == {}, f"objects written more than once: {rewritten}"
+    manifests = {k.split("/")[2] for k in versions if k.endswith("/manifest.json")}
+    assert manifests == set(ids)
+    # one image, record.json, SHA256SUMS and manifest.json a pass: nothing else
+    assert len(versions) == 4 * len(ids)
+
+
+def test_four_workers_archive_each_pass_exactly_once(bed, seaweedfs, s3_bucket):
+    """Four worker processes started together on one PostgreSQL catalog archive 200
+    passes between them: each pass by exactly one worker, each object written once,
+    and every worker does a share."""
+    ids = bed.seed(200, image_retention_days=20)
+    bed.import_ledger()
+    workers = [bed.start(f"worker-{n}", pipeline__concurrency=2) for n in range(4)]
+    results = [w.finish() for w in workers]
+    bed.watch(*workers)
+
+    archived_by = {
+        w.name: _archived_ids(events) for w, (_, events) in zip(workers, results, strict=True)
+    }
+    for w, (summary, _) in zip(workers, results, strict=True):
+        assert summary["worker_id"] == w.name
+        assert summary["counts"]["archived"] == len(archived_by[w.name])
+        assert summary["already_archived"] == 0 and summary["objects_reused"] == 0
+        assert summary["counts"]["archived"] > 0, f"{w.name} archived nothing: {archived_by}"
+    everything = [pid for done in archived_by.values() for pid in done]
+    assert len(everything) == len(set(everything)), "a pass was archived by two workers"
+    assert sorted(everything) == sorted(ids)
+    assert sum(s["counts"]["archived"] for s, _ in results) == 200
+
+    _assert_written_once(seaweedfs, s3_bucket, ids)
+    assert bed.counts() == {"archived": 200}
+    assert bed.leases() == {}
+
+
+def _wait(what: str, check, timeout: float, worker: Worker | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if worker is not None and worker.proc.poll() is not None:
+            pytest.fail(f"{worker.name} exited ({worker.proc.returncode}) before {what}")
+        time.sleep(0.05)
+    detail = f":\n{worker.tail()}" if worker is not None else ""
+    pytest.fail(f"timed out after {timeout}s waiting for {what}{detail}")
+
+
+def test_a_killed_workers_passes_are_taken_over_once_its_lease_expires(
+    bed, sandbox_http, seaweedfs, s3_bucket
+):
+    """Worker A hangs inside a pass (the API stalls) and is killed with SIGKILL. Its
+    leases hold: worker B, run before they expire, archives everything else and none
+    of A's passes. Run again after the expiry, B archives A's passes, each once."""
+    lease = 15
+    urgent = bed.seed(2, image_retention_days=2)  # earliest deadlines: A claims these first
+    rest = bed.seed(6, image_retention_days=20)
+    bed.import_ledger()
+    for pid in urgent:
+        r = sandbox_http.post(
+            "/_sandbox/faults",
+            json={"kind": "delay", "seconds": lease, "path": "/idpass/details", "pass_id": pid},
+        )
+        assert r.status_code == 200, r.text
+
+    a = bed.start("worker-a", pipeline__concurrency=1, catalog__lease_seconds=lease)
+
+    def a_is_inside_first_pass() -> bool:
+        pending = {f["pass_id"] for f in sandbox_http.get("/_sandbox/faults").json()["faults"]}
+        return len(pending) < len(urgent)  # a stalled details call has begun
+
+    _wait("worker A to be inside its first pass", a_is_inside_first_pass, 60, a)
+    os.kill(a.proc.pid, signal.SIGKILL)
+    a.proc.wait(timeout=30)
+    assert a.proc.returncode == -signal.SIGKILL
+    sandbox_http.delete("/_sandbox/faults")  # the API answers normally from now on
+    held = bed.leases()
+    assert held, "worker A held no leases when killed"
+    assert {owner for owner, _ in held.values()} == {"worker-a"}
+    assert set(urgent) <= set(held)
+    expiry = min(exp for _, exp in held.values())
+
+    b1 = bed.start("worker-b", pipeline__concurrency=2)
+    summary, events = b1.finish()
+    finished = datetime.now(UTC)
+    assert finished < expiry, (
+        f"worker B finished at {finished}, after A's leases expired at {expiry}: "
+        "the run before expiry proves nothing (raise `lease`)"
+    )
+    first = _archived_ids(events)
+    assert sorted(first) == sorted(set(urgent + rest) - set(held))
+    assert summary["passes"] == len(first), "B touched a pass A holds"
+    assert set(bed.leases()) == set(held), "A's leases did not survive B's run"
+
+    _wait(
+        "worker A's leases to expire",
+        lambda: datetime.now(UTC) > max(exp for _, exp in held.values()),
+        lease + 5,
+    )
+    b2 = bed.start("worker-b", pipeline__concurrency=2)
+    summary, events = b2.finish()
+    bed.watch(a, b1, b2)
+    second = _archived_ids(events)
+    assert sorted(second) == sorted(held)
+    assert summary["already_archived"] == 0 and summary["objects_reused"] == 0
+
+    _assert_written_once(seaweedfs, s3_bucket, urgent + rest)
+    assert bed.counts() == {"archived": 8}
+    assert bed.leases() == {}
