@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from archiver.catalog import Scope
 from archiver.catalog.keys import KeySealer
 from archiver.catalog.sql import SqlCatalog
@@ -100,11 +102,11 @@ def next_run_after(settings: Settings, now: datetime) -> datetime | None:
 def run_lock(settings: Settings) -> Iterator[None]:
     """On an SQLite catalog only one run may go at a time: hold an exclusive lock on a
     file beside the database. PostgreSQL catalogs share work through leases instead."""
-    url = settings.catalog.url
-    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+    url = sa.make_url(settings.catalog.url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         yield
         return
-    path = Path(url[len("sqlite:///") :] + ".lock")
+    path = Path(url.database + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -259,7 +259,7 @@ class Pipeline:
         with bound:
             log.info("run_started", dry_run=dry_run, limit=limit)
             if dry_run:
-                summary.planned = self._plan(limit, pass_ids)
+                summary.planned = self._plan(limit, pass_ids, scope)
             else:
                 await self._work(summary, limit, pass_ids, scope)
                 summary.stopped_early = self._stop.is_set()
@@ -275,12 +275,18 @@ class Pipeline:
             summary.systemic_error = self._systemic
         return summary
 
-    def _plan(self, limit: int | None, pass_ids: Sequence[str] | None) -> list[dict[str, Any]]:
-        entries = (
-            self._select_explicit(pass_ids)
-            if pass_ids
-            else self.catalog.due(self.clock.now(), limit or 1_000_000)
-        )
+    def _plan(
+        self, limit: int | None, pass_ids: Sequence[str] | None, scope: Scope | None
+    ) -> list[dict[str, Any]]:
+        now, cap = self.clock.now(), limit or 1_000_000
+        if pass_ids:
+            entries = self._select_explicit(pass_ids)
+        elif scope is not None and scope.pass_ids is not None:
+            entries = []
+            for part in _id_chunks(scope):
+                entries.extend(self.catalog.due(now, cap, part))
+        else:
+            entries = self.catalog.due(now, cap, scope)
         planned = []
         for e in entries[: limit or None]:
             planned.append(
@@ -376,11 +382,7 @@ class Pipeline:
         step = max(2, self.opt.concurrency * 2)
         scopes: list[Scope | None] = [scope]
         if scope is not None and scope.pass_ids is not None:
-            ids = scope.pass_ids
-            scopes = [
-                dataclasses.replace(scope, pass_ids=ids[i : i + ID_CHUNK])
-                for i in range(0, len(ids), ID_CHUNK)
-            ]
+            scopes = list(_id_chunks(scope))
         for part in scopes:
             while not self._stop.is_set():
                 want = step if limit is None else min(step, limit - fed)
@@ -692,7 +694,16 @@ class Pipeline:
         )
         data, digest = mf.manifest_bytes(doc)
         mkey = lay.manifest(pid)
-        await self._put(pid, mkey, data, digest, "application/json")
+        try:
+            await self._put(pid, mkey, data, digest, "application/json")
+        except ObjectConflict:
+            # Another worker committed this pass meanwhile (its lease outlived ours):
+            # its manifest stands; ours, with other timestamps, is not written.
+            existing = await self._existing_manifest(pid)
+            if existing is None:
+                raise
+            log.warning("manifest_committed_by_another_worker", key=mkey)
+            return existing
         written = sum(1 for r in [*results, sums_res] if not r.reused) + 1
         reused = sum(1 for r in [*results, sums_res] if r.reused)
         return PassResult(
@@ -722,6 +733,15 @@ def _entry(role: str, put: PutResult, content_type: str) -> mf.ObjectEntry:
         content_type=content_type,
         version_id=put.version_id,
     )
+
+
+def _id_chunks(scope: Scope) -> list[Scope]:
+    """A scope naming many passes, split into scopes of at most ID_CHUNK ids."""
+    ids = scope.pass_ids or ()
+    return [
+        dataclasses.replace(scope, pass_ids=ids[i : i + ID_CHUNK])
+        for i in range(0, len(ids), ID_CHUNK)
+    ]
 
 
 def new_run_id(now: datetime) -> str:

@@ -393,11 +393,14 @@ class SqlCatalog:
 
     _DUE_ORDER = (passes.c.deadline.asc().nulls_first(), passes.c.pass_id)
 
-    def due(self, now: datetime, limit: int) -> list[CatalogEntry]:
+    def due(self, now: datetime, limit: int, scope: Scope | None = None) -> list[CatalogEntry]:
         """Due passes, the earliest deadline first (unknown deadlines first): completed or
         not yet known to be, not archived, window not closed, retry time reached."""
         query = (
-            sa.select(passes).where(self._due_filter(now)).order_by(*self._DUE_ORDER).limit(limit)
+            sa.select(passes)
+            .where(self._due_filter(now, scope))
+            .order_by(*self._DUE_ORDER)
+            .limit(limit)
         )
         return self._select(query)
 

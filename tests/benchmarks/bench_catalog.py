@@ -10,7 +10,8 @@ temp dir) it creates a catalog with :class:`SqlCatalog`, bulk-loads ``--rows`` p
 with a realistic mix of states (about 90 % archived, 6 % due with deadlines spread
 over the next 60 days or unknown, the rest waiting to retry, not ready or settled),
 and times ``due(limit=500)`` and ``claim(limit=500)`` (each claim is released again,
-untimed), median and p95 over ``--repeat`` runs, on three copies of the same data:
+untimed) and due()'s SQL alone (``due SQL``: database and driver, no catalog entries
+built), median and p95 over ``--repeat`` runs, on three copies of the same data:
 
 * ``current``: the schema as migrations build it (``ix_passes_due``, the partial
   due-order index of migration 3, and ``ix_passes_state_deadline``);
@@ -203,8 +204,19 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def measure(backend: str, catalog: SqlCatalog, variant: str, repeat: int) -> list[Timing]:
-    for _ in range(3):  # warm the caches
-        catalog.due(NOW, LIMIT)
+    """due() and claim() as the pipeline calls them, and due()'s SQL alone (the database
+    and driver, without building catalog entries)."""
+    with _captured(catalog._engine) as seen:
+        for _ in range(3):  # warm the caches
+            catalog.due(NOW, LIMIT)
+    sql, params = seen[-1]
+    query = Timing(backend, "due SQL", variant, [])
+    with catalog._engine.connect() as conn:
+        for _ in range(repeat):
+            seconds, got = _timed(lambda: conn.exec_driver_sql(sql, params).all())
+            assert len(got) == LIMIT
+            query.samples.append(seconds)
+        conn.rollback()
     due = Timing(backend, f"due({LIMIT})", variant, [])
     claim = Timing(backend, f"claim({LIMIT})", variant, [])
     for _ in range(repeat):
@@ -215,7 +227,7 @@ def measure(backend: str, catalog: SqlCatalog, variant: str, repeat: int) -> lis
         assert len(got) == LIMIT
         claim.samples.append(seconds)
         catalog.release("bench", [e.pass_id for e in got])
-    return [due, claim]
+    return [query, due, claim]
 
 
 @contextmanager
@@ -344,7 +356,8 @@ def report(results: dict[str, Result], n: int, repeat: int) -> str:
         base = {t.operation: t for t in result.timings if t.variant == "none"}
         for t in sorted(result.timings, key=lambda t: t.operation):
             ratio = f"{base[t.operation].median / t.median:.1f}x"
-            uses = _uses(result.plans[t.variant][t.operation])
+            statement = f"due({LIMIT})" if t.operation == "due SQL" else t.operation
+            uses = _uses(result.plans[t.variant][statement])
             lines.append(
                 f"{backend:<11} {t.operation:<11} {t.variant:<8} {t.median * 1000:>10.1f}"
                 f" {t.p95 * 1000:>9.1f} {ratio:>9}  {uses}"
