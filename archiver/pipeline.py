@@ -464,6 +464,8 @@ class Pipeline:
                 manifest_key=result.manifest_key,
                 manifest_sha256=result.manifest_sha256,
                 next_attempt_at=next_at,
+                image_count=result.images,
+                image_bytes=result.image_bytes,
                 **self._learned.pop(entry.pass_id, {}),
             ),
             now,

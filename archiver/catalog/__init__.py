@@ -86,6 +86,8 @@ class OutcomeUpdate:
     manifest_sha256: str | None = None
     next_attempt_at: datetime | None = None
     link_expires_at: datetime | None = None
+    image_count: int | None = None
+    image_bytes: int | None = None
     count_attempt: bool = True
 
 

@@ -19,8 +19,8 @@ RETURNING`` and the database has a single writer.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,15 @@ def _v2_pass_columns() -> list[sa.Column[Any]]:
     ]
 
 
-passes = sa.Table("passes", metadata, *_v1_pass_columns(), *_v2_pass_columns())
+def _v4_pass_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("archived_at", UTCDateTime, nullable=True),
+        sa.Column("image_count", sa.Integer, nullable=True),
+        sa.Column("image_bytes", sa.BigInteger, nullable=True),
+    ]
+
+
+passes = sa.Table("passes", metadata, *_v1_pass_columns(), *_v2_pass_columns(), *_v4_pass_columns())
 sa.Index("ix_passes_state_deadline", passes.c.state, passes.c.deadline)
 # Also ix_passes_due (migration 3): a partial index over the passes with work left,
 # on (deadline NULLS FIRST, pass_id): the order in which they are due.
@@ -119,14 +127,34 @@ source_watermarks = sa.Table(
 )
 
 
-runs = sa.Table(
-    "runs",
+def _v1_run_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("run_id", sa.String(64), primary_key=True),
+        sa.Column("started_at", UTCDateTime, nullable=False),
+        sa.Column("finished_at", UTCDateTime, nullable=False),
+        sa.Column("exit_code", sa.Integer, nullable=False),
+        sa.Column("summary_json", sa.Text, nullable=False),
+    ]
+
+
+def _v4_run_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("worker_id", sa.String(64), nullable=True),
+        sa.Column("manifest_key", sa.Text, nullable=True),
+        sa.Column("manifest_sha256", sa.String(64), nullable=True),
+    ]
+
+
+runs = sa.Table("runs", metadata, *_v1_run_columns(), *_v4_run_columns())
+
+# The head of the hash chain of run manifests (one chain per chain id).
+run_chain = sa.Table(
+    "run_chain",
     metadata,
-    sa.Column("run_id", sa.String(64), primary_key=True),
-    sa.Column("started_at", UTCDateTime, nullable=False),
-    sa.Column("finished_at", UTCDateTime, nullable=False),
-    sa.Column("exit_code", sa.Integer, nullable=False),
-    sa.Column("summary_json", sa.Text, nullable=False),
+    sa.Column("chain_id", sa.String(64), primary_key=True),
+    sa.Column("head_key", sa.Text, nullable=False),
+    sa.Column("head_sha256", sa.String(64), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 
@@ -135,15 +163,13 @@ def _migration_1(conn: Connection) -> None:
     v1 = sa.MetaData()
     table = sa.Table("passes", v1, *_v1_pass_columns())
     sa.Index("ix_passes_state_deadline", table.c.state, table.c.deadline)
+    sa.Table("runs", v1, *_v1_run_columns())
     v1.create_all(conn)
-    runs.create(conn)
 
 
 def _migration_2(conn: Connection) -> None:
     """Key references, link expiry and worker leases; source watermarks."""
-    for column in _v2_pass_columns():
-        ddl = column.type.compile(dialect=conn.dialect)
-        conn.execute(sa.text(f"ALTER TABLE passes ADD COLUMN {column.name} {ddl}"))
+    _add_columns(conn, "passes", _v2_pass_columns())
     source_watermarks.create(conn)
 
 
@@ -160,12 +186,27 @@ def _migration_3(conn: Connection) -> None:
     )
 
 
-MIGRATIONS = [(1, _migration_1), (2, _migration_2), (3, _migration_3)]
+def _add_columns(conn: Connection, table: str, columns: list[sa.Column[Any]]) -> None:
+    for column in columns:
+        ddl = column.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column.name} {ddl}"))
+
+
+def _migration_4(conn: Connection) -> None:
+    """What each archived pass holds (for reports), run manifests and their chain."""
+    _add_columns(conn, "passes", _v4_pass_columns())
+    _add_columns(conn, "runs", _v4_run_columns())
+    run_chain.create(conn)
+
+
+MIGRATIONS = [(1, _migration_1), (2, _migration_2), (3, _migration_3), (4, _migration_4)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # The key of the PostgreSQL advisory lock held while the schema is checked and
 # migrated ("idpassar" as a big-endian 64-bit integer).
 SCHEMA_LOCK_KEY = int.from_bytes(b"idpassar", "big")
+# ... and of the one held while the run-manifest chain is extended ("idpchain").
+CHAIN_LOCK_KEY = int.from_bytes(b"idpchain", "big")
 
 
 def _now() -> datetime:
@@ -236,9 +277,13 @@ class SqlCatalog:
                 conn.execute(schema_version.insert().values(version=version, applied_at=_now()))
                 current = version
 
+    def _schema_lock(self) -> AbstractContextManager[Connection]:
+        return self._exclusive(SCHEMA_LOCK_KEY)
+
     @contextmanager
-    def _schema_lock(self) -> Iterator[Connection]:
-        """A transaction holding the catalog's schema lock (released at its end)."""
+    def _exclusive(self, lock_key: int) -> Iterator[Connection]:
+        """A transaction holding an exclusive lock (released at its end): the advisory
+        lock ``lock_key`` on PostgreSQL, the database's write lock on SQLite."""
         if self.dialect == "sqlite":
             # The driver's own transaction handling would start the transaction only
             # at the first INSERT and leave DDL outside it: begin it ourselves, taking
@@ -255,7 +300,7 @@ class SqlCatalog:
             return
         with self._engine.begin() as conn:
             if self.dialect == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key)))
             yield conn
 
     @property
@@ -590,6 +635,10 @@ class SqlCatalog:
         }
         if update.link_expires_at is not None:
             values["link_expires_at"] = update.link_expires_at
+        if update.outcome is Outcome.ARCHIVED:
+            values["archived_at"] = now
+            values["image_count"] = update.image_count
+            values["image_bytes"] = update.image_bytes
         if update.count_attempt:
             values["attempts"] = passes.c.attempts + 1
         for name in ("api_status", "manifest_key", "manifest_sha256"):
@@ -627,6 +676,10 @@ class SqlCatalog:
         finished_at: datetime,
         exit_code: int,
         summary: Mapping[str, object],
+        *,
+        worker_id: str | None = None,
+        manifest_key: str | None = None,
+        manifest_sha256: str | None = None,
     ) -> None:
         try:
             with self._engine.begin() as conn:
@@ -637,10 +690,46 @@ class SqlCatalog:
                         finished_at=finished_at,
                         exit_code=exit_code,
                         summary_json=json.dumps(summary, sort_keys=True, default=str),
+                        worker_id=worker_id,
+                        manifest_key=manifest_key,
+                        manifest_sha256=manifest_sha256,
                     )
                 )
         except SQLAlchemyError as exc:
             raise CatalogError(f"cannot record the run ({type(exc).__name__})") from None
+
+    def chain_append(
+        self, chain_id: str, write: Callable[[str | None, str | None], tuple[str, str]]
+    ) -> tuple[str, str]:
+        """Append to a hash chain of run manifests, one appender at a time.
+
+        ``write(prev_key, prev_sha256)`` stores the new run manifest (which names its
+        predecessor) and returns its key and SHA-256; under the chain lock (a PostgreSQL
+        advisory lock, or SQLite's write lock) the head then moves to it. Concurrent
+        workers on one chain therefore never fork it.
+        """
+        try:
+            with self._exclusive(CHAIN_LOCK_KEY) as conn:
+                row = conn.execute(
+                    sa.select(run_chain).where(run_chain.c.chain_id == chain_id)
+                ).first()
+                prev = (row.head_key, row.head_sha256) if row is not None else (None, None)
+                key, sha = write(*prev)
+                values = {"head_key": key, "head_sha256": sha, "updated_at": _now()}
+                if row is None:
+                    conn.execute(run_chain.insert().values(chain_id=chain_id, **values))
+                else:
+                    conn.execute(
+                        run_chain.update().where(run_chain.c.chain_id == chain_id).values(**values)
+                    )
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"cannot extend the run chain ({type(exc).__name__})") from None
+        return key, sha
+
+    def chain_head(self, chain_id: str) -> tuple[str, str] | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(run_chain).where(run_chain.c.chain_id == chain_id)).first()
+        return (row.head_key, row.head_sha256) if row is not None else None
 
     def last_run(self) -> dict[str, Any] | None:
         query = sa.select(runs).order_by(runs.c.started_at.desc()).limit(1)
