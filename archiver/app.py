@@ -19,12 +19,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from archiver import __version__
 from archiver.catalog import Scope
 from archiver.catalog.keys import KeySealer
 from archiver.catalog.sql import SqlCatalog
 from archiver.clock import Clock, SystemClock
 from archiver.config import Settings
+from archiver.core.images import sha256_hex
 from archiver.core.layout import Layout
+from archiver.core.runlog import build_run_manifest, run_manifest_bytes
+from archiver.core.signing import Signer, SigningKeyError
 from archiver.errors import AlreadyRunning, ConfigError
 from archiver.idpass.client import IdPassClient
 from archiver.pipeline import DetailsReader, PassResult, Pipeline, PipelineOptions, RunSummary
@@ -52,6 +56,8 @@ def default_worker_id() -> str:
 def pipeline_options(settings: Settings) -> PipelineOptions:
     p = settings.pipeline
     return PipelineOptions(
+        lock_mode=settings.object_lock.mode,
+        lock_retain_days=settings.object_lock.retain_days,
         concurrency=p.concurrency,
         max_image_bytes=p.max_image_bytes,
         archive_statuses=p.archive_statuses,
@@ -145,6 +151,9 @@ async def run_cycle(
         raise ConfigError(
             "no API token: set IDPASS_ARCHIVER_API_TOKEN or api.token_file", key="api.token"
         )
+    signer = load_signer(s)
+    if not dry_run:
+        publish_public_key(rt.store, Layout(s.storage.clean_prefix), signer)
     stop = stop or threading.Event()
     options = dataclasses.replace(pipeline_options(s), next_run=next_run_after(s, rt.clock.now()))
     rate = s.api.requests_per_second if requests_per_second is None else requests_per_second
@@ -177,6 +186,7 @@ async def run_cycle(
                     options=options,
                     clock=rt.clock,
                     executor=executor,
+                    signer=signer,
                 )
                 pipeline.on_result = on_result
                 pipeline.key_lookup = key_lookup
@@ -198,14 +208,76 @@ async def run_cycle(
             loop.remove_signal_handler(sig)
     if not dry_run:
         assert summary.finished_at is not None
+        key, digest = write_run_manifest(rt, signer, summary)
+        summary.run_manifest_key = key
         rt.catalog.record_run(
             summary.run_id,
             summary.started_at,
             summary.finished_at,
             summary.exit_code,
             summary.to_json(),
+            worker_id=summary.worker_id,
+            manifest_key=key,
+            manifest_sha256=digest,
         )
     return summary
+
+
+def chain_id(settings: Settings) -> str:
+    """The run-manifest chain this process extends: its configured worker id, or one
+    shared chain ("main") that concurrent workers extend one at a time."""
+    return settings.catalog.worker_id or "main"
+
+
+def load_signer(settings: Settings) -> Signer:
+    key = settings.signing.key
+    if key is None:
+        raise ConfigError(
+            "no signing key: manifests are signed with Ed25519; set "
+            "IDPASS_ARCHIVER_SIGNING_KEY or signing.key_file (create one with "
+            "`openssl genpkey -algorithm ed25519`)",
+            key="signing.key_file",
+        )
+    try:
+        return Signer.from_pem(key.get_secret_value().encode())
+    except SigningKeyError as exc:
+        raise ConfigError(str(exc), key="signing.key_file") from None
+
+
+def publish_public_key(store: ObjectStore, layout: Layout, signer: Signer) -> str:
+    """Put the public key beside the archive (for convenience: auditors should take
+    the key they trust from the README's channel, not from the bucket)."""
+    pem = signer.verifier.public_pem()
+    key = layout.public_key(signer.key_id)
+    store.put(key, pem, sha256=sha256_hex(pem), content_type="application/x-pem-file")
+    return key
+
+
+def write_run_manifest(rt: Runtime, signer: Signer, summary: RunSummary) -> tuple[str, str]:
+    """Sign and store the run manifest, chained to the previous one of this chain."""
+    s = rt.settings
+    layout = Layout(s.storage.clean_prefix)
+    key = layout.run(summary.run_id, summary.started_at)
+
+    def write(prev_key: str | None, prev_sha: str | None) -> tuple[str, str]:
+        doc = build_run_manifest(
+            summary,
+            chain_id=chain_id(s),
+            archiver_version=__version__,
+            config_fingerprint=s.fingerprint(),
+            previous_key=prev_key,
+            previous_sha256=prev_sha,
+            signing_key_id=signer.key_id,
+        )
+        data, digest = run_manifest_bytes(doc)
+        sig = signer.sign(data)
+        rt.store.put(
+            key + ".sig", sig, sha256=sha256_hex(sig), content_type="application/octet-stream"
+        )
+        rt.store.put(key, data, sha256=digest, content_type="application/json")
+        return key, digest
+
+    return rt.catalog.chain_append(chain_id(s), write)
 
 
 def run_cycle_sync(rt: Runtime, **kwargs: Any) -> RunSummary:

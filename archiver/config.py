@@ -38,7 +38,8 @@ ENV_PREFIX = "IDPASS_ARCHIVER_"
 CONFIG_ENV = "IDPASS_ARCHIVER_CONFIG"
 TOKEN_ENV = "IDPASS_ARCHIVER_API_TOKEN"  # noqa: S105 - a variable name, not a secret
 CATALOG_KEY_ENV = "IDPASS_ARCHIVER_CATALOG_KEY"
-_SECRET_ENV = {CONFIG_ENV, TOKEN_ENV, CATALOG_KEY_ENV}
+SIGNING_KEY_ENV = "IDPASS_ARCHIVER_SIGNING_KEY"
+_SECRET_ENV = {CONFIG_ENV, TOKEN_ENV, CATALOG_KEY_ENV, SIGNING_KEY_ENV}
 
 
 class _Section(BaseModel):
@@ -181,6 +182,25 @@ class FileSourceSettings(_Section):
 SourceSettings = Annotated[SqlSourceSettings | FileSourceSettings, Field(discriminator="kind")]
 
 
+class SigningSettings(_Section):
+    """Ed25519 signing of manifests and run manifests."""
+
+    # The private key (PKCS#8 PEM, `openssl genpkey -algorithm ed25519`), or
+    # $IDPASS_ARCHIVER_SIGNING_KEY holding the PEM text.
+    key_file: Path | None = None
+    # Public keys `verify` trusts (PEM); the signing key's own public key is always
+    # trusted. List old keys here after a rotation.
+    public_key_files: tuple[Path, ...] = ()
+    key: SecretStr | None = Field(default=None, exclude=True)
+
+
+class ObjectLockSettings(_Section):
+    """S3 Object Lock retention on every object written (the bucket must have it on)."""
+
+    mode: Literal["COMPLIANCE", "GOVERNANCE"] | None = None
+    retain_days: int = Field(default=2555, ge=1, le=36_500)
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -193,6 +213,8 @@ class Settings(_Section):
     pipeline: PipelineSettings = PipelineSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     sources: tuple[SourceSettings, ...] = ()
+    signing: SigningSettings = SigningSettings()
+    object_lock: ObjectLockSettings = ObjectLockSettings()
     logging: LoggingSettings = LoggingSettings()
     source_path: Path | None = Field(default=None, exclude=True)
 
@@ -266,7 +288,7 @@ def _format_validation(exc: ValidationError) -> str:
 
 
 def _reject_secrets_in_file(data: dict[str, Any]) -> None:
-    for section, key in (("api", "token"), ("catalog", "key")):
+    for section, key in (("api", "token"), ("catalog", "key"), ("signing", "key")):
         table = data.get(section)
         if isinstance(table, dict) and key in table:
             raise ConfigError(
@@ -397,9 +419,15 @@ def from_mapping(
     if settings.catalog.url_file:
         catalog_url = _read_secret_file(settings.catalog.url_file, "catalog.url_file")
     sources = _resolve_sources(settings.sources, env, have_catalog_key=bool(catalog_key))
+    signing_key = env.get(SIGNING_KEY_ENV)
+    if not signing_key and settings.signing.key_file:
+        signing_key = _read_secret_file(settings.signing.key_file, "signing.key_file")
     return settings.model_copy(
         update={
             "sources": sources,
+            "signing": settings.signing.model_copy(
+                update={"key": SecretStr(signing_key) if signing_key else None}
+            ),
             "api": settings.api.model_copy(update={"token": SecretStr(token) if token else None}),
             "catalog": settings.catalog.model_copy(
                 update={

@@ -34,6 +34,7 @@ from archiver.catalog.keys import new_catalog_secret
 from archiver.clock import isoformat
 from archiver.core import manifest as mf
 from archiver.core.layout import Layout
+from archiver.core.signing import Signer
 from archiver.idpass.models import SLOTS
 from archiver.logging import configure
 from archiver.pipeline import RunSummary
@@ -181,12 +182,16 @@ def run_demo(workdir: Path | None = None, as_json: bool = False, serve: bool = F
             config_path.write_text(settings_text, encoding="utf-8")
             _write_secret(workdir / "api-token", token)
             _write_secret(workdir / "catalog.key", new_catalog_secret())
+            signer = Signer.generate()
+            _write_secret(workdir / "signing-key.pem", signer.private_pem().decode().strip())
+            (workdir / "signing-key.pub.pem").write_bytes(signer.verifier.public_pem())
             environ = {
                 "IDPASS_ARCHIVER_API__BASE_URL": f'"{sandbox.base_url}"',
                 "IDPASS_ARCHIVER_API__TOKEN_FILE": f'"{workdir / "api-token"}"',
                 "IDPASS_ARCHIVER_STORAGE__ENDPOINT_URL": f'"{s3.endpoint_url}"',
                 "IDPASS_ARCHIVER_CATALOG__URL": f'"sqlite:///{workdir / "catalog.db"}"',
                 "IDPASS_ARCHIVER_CATALOG__KEY_FILE": f'"{workdir / "catalog.key"}"',
+                "IDPASS_ARCHIVER_SIGNING__KEY_FILE": f'"{workdir / "signing-key.pem"}"',
             }
             settings = config_mod.load(config_path, environ)
             s3.create_bucket(

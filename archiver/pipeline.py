@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 import structlog
@@ -44,6 +44,7 @@ from archiver.core.images import (
 )
 from archiver.core.layout import Layout
 from archiver.core.retention import images_deadline
+from archiver.core.signing import Signer
 from archiver.errors import (
     ArchiverError,
     DecryptionError,
@@ -54,7 +55,7 @@ from archiver.errors import (
 from archiver.idpass import crypto
 from archiver.idpass.client import PassRead
 from archiver.idpass.models import SLOTS
-from archiver.store import ObjectStore, PutResult
+from archiver.store import ObjectLock, ObjectStore, PutResult
 
 log = structlog.get_logger("archiver.pipeline")
 
@@ -98,6 +99,9 @@ class PipelineOptions:
     not_ready_margin: timedelta = timedelta(hours=24)
     # When the next scheduled run starts: passes due before it are flagged at risk.
     next_run: datetime | None = None
+    # Object Lock retention on every object written (None: no retention).
+    lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] | None = None
+    lock_retain_days: int = 2555
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +134,7 @@ class RunSummary:
     stopped_early: bool = False
     # what each configured source contributed before the run (SourceReport.to_json())
     sources: list[dict[str, Any]] = field(default_factory=list)
+    run_manifest_key: str | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -177,6 +182,7 @@ class RunSummary:
             "worker_id": self.worker_id,
             "stopped_early": self.stopped_early,
             "sources": self.sources,
+            "run_manifest_key": self.run_manifest_key,
             "systemic_error": self.systemic_error,
             "exit_code": self.exit_code,
             "planned": self.planned if self.dry_run else None,
@@ -198,6 +204,7 @@ class Pipeline:
         options: PipelineOptions,
         clock: Clock,
         executor: ThreadPoolExecutor,
+        signer: Signer,
     ) -> None:
         self.api = api
         self.store = store
@@ -206,6 +213,7 @@ class Pipeline:
         self.opt = options
         self.clock = clock
         self.executor = executor
+        self.signer = signer
         self._stop = asyncio.Event()
         self._systemic: str | None = None
         # What a details read taught us about a pass, saved with its outcome.
@@ -600,12 +608,32 @@ class Pipeline:
             checked.append(res)
         return checked
 
+    def _lock(self) -> ObjectLock | None:
+        if self.opt.lock_mode is None:
+            return None
+        until = self.clock.now() + timedelta(days=self.opt.lock_retain_days)
+        return ObjectLock(self.opt.lock_mode, until)
+
     async def _put(
-        self, pid: str, key: str, data: bytes, sha: str, ctype: str, *, adopt: bool = False
+        self,
+        pid: str,
+        key: str,
+        data: bytes,
+        sha: str,
+        ctype: str,
+        *,
+        adopt: bool = False,
+        overwrite: bool = False,
     ) -> PutResult:
         try:
             res: PutResult = await self._io(
-                self.store.put, key, data, sha256=sha, content_type=ctype
+                self.store.put,
+                key,
+                data,
+                sha256=sha,
+                content_type=ctype,
+                lock=self._lock(),
+                overwrite=overwrite,
             )
             return res
         except ObjectConflict:
@@ -625,7 +653,13 @@ class Pipeline:
             )
         log.warning("record_adopted", key=key)
         return PutResult(
-            key=key, size=info.size, sha256=info.sha256, version_id=info.version_id, reused=True
+            key=key,
+            size=info.size,
+            sha256=info.sha256,
+            version_id=info.version_id,
+            reused=True,
+            retain_until=info.retain_until,
+            lock_mode=info.lock_mode,
         )
 
     async def _write(
@@ -667,6 +701,8 @@ class Pipeline:
                     slot=img.slot,
                     width=img.width,
                     height=img.height,
+                    retain_until=res.retain_until,
+                    lock_mode=res.lock_mode,
                 )
             )
         entries.append(_entry("record", record_result, RECORD_TYPE))
@@ -693,9 +729,23 @@ class Pipeline:
             decryption=self.opt.decryption,
             sse=self.opt.sse,
             kms_key_id=self.opt.kms_key_id,
+            signing_key_id=self.signer.key_id,
         )
         data, digest = mf.manifest_bytes(doc)
         mkey = lay.manifest(pid)
+        signature = self.signer.sign(data)
+        try:
+            await self._put(pid, mkey + SIG_SUFFIX, signature, sha256_hex(signature), SIG_TYPE)
+        except ObjectConflict:
+            existing = await self._existing_manifest(pid)
+            if existing is not None:
+                log.warning("manifest_committed_by_another_worker", key=mkey)
+                return existing
+            # A signature left by an attempt that never committed its manifest: the
+            # manifest is not written yet, so a new signature version replaces it.
+            await self._put(
+                pid, mkey + SIG_SUFFIX, signature, sha256_hex(signature), SIG_TYPE, overwrite=True
+            )
         try:
             await self._put(pid, mkey, data, digest, "application/json")
         except ObjectConflict:
@@ -706,7 +756,7 @@ class Pipeline:
                 raise
             log.warning("manifest_committed_by_another_worker", key=mkey)
             return existing
-        written = sum(1 for r in [*results, sums_res] if not r.reused) + 1
+        written = sum(1 for r in [*results, sums_res] if not r.reused) + 2
         reused = sum(1 for r in [*results, sums_res] if r.reused)
         return PassResult(
             pid,
@@ -723,6 +773,8 @@ class Pipeline:
 
 RECORD_TYPE = "application/json"
 SUMS_TYPE = "text/plain; charset=us-ascii"
+SIG_TYPE = "application/octet-stream"
+SIG_SUFFIX = ".sig"
 
 
 def _entry(role: str, put: PutResult, content_type: str) -> mf.ObjectEntry:
@@ -734,6 +786,8 @@ def _entry(role: str, put: PutResult, content_type: str) -> mf.ObjectEntry:
         sha256=put.sha256,
         content_type=content_type,
         version_id=put.version_id,
+        retain_until=put.retain_until,
+        lock_mode=put.lock_mode,
     )
 
 

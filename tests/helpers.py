@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+from html.parser import HTMLParser
 
 from PIL import Image
 
@@ -21,3 +22,39 @@ def make_png(width: int = 16, height: int = 16) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (200, 10, 10)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+class ReportPage(HTMLParser):
+    """The elements of an HTML report (as rendered, or as a browser dumped its DOM): each
+    start tag with its attributes, in document order, and the page's text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict[str, str]]] = []
+        self._text: list[str] = []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, {k: v or "" for k, v in attrs}))
+
+    def handle_data(self, data: str) -> None:
+        self._text.append(data)
+
+    @property
+    def text(self) -> str:
+        return " ".join(" ".join(self._text).split())
+
+    def by_id(self, element_id: str) -> dict[str, str]:
+        [found] = [a for _, a in self.elements if a.get("id") == element_id]
+        return found
+
+    def value(self, element_id: str) -> int:
+        return int(self.by_id(element_id)["data-value"])
+
+    def find(self, tag: str, cls: str | None = None) -> list[dict[str, str]]:
+        return [
+            a
+            for t, a in self.elements
+            if t == tag and (cls is None or cls in a.get("class", "").split())
+        ]

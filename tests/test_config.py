@@ -133,9 +133,12 @@ def test_example_config_documents_every_key():
         else:
             models = (type(section),)
         text = sections.get(section_name, "")
-        secrets = {"api": {"token"}, "catalog": {"key"}, "sources": {"url"}}.get(
-            section_name, set()
-        )
+        secrets = {
+            "api": {"token"},
+            "catalog": {"key"},
+            "signing": {"key"},
+            "sources": {"url"},
+        }.get(section_name, set())
         for model in models:
             for key in model.model_fields:
                 if key in secrets:

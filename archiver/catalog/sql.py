@@ -38,6 +38,7 @@ from archiver.catalog import (
     Scope,
     UpsertStats,
 )
+from archiver.catalog.coverage import Coverage, DayCoverage, FailedPass, UpcomingDeadline
 from archiver.catalog.keys import KeySealer
 from archiver.core.retention import images_deadline
 from archiver.errors import CatalogError
@@ -747,6 +748,101 @@ class SqlCatalog:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    # -- compliance report ----------------------------------------------------------
+
+    def coverage(
+        self, since: datetime | None, now: datetime, *, upcoming: int = 20, failures: int = 200
+    ) -> Coverage:
+        """The archive's coverage for a compliance review (:class:`Coverage`), read from
+        one snapshot of the database; the sealed cipher keys are never read.
+
+        Days are UTC days: an archived pass counts on the day it was archived (passes
+        archived before schema version 4 recorded that: the day of their last update),
+        an expired pass on the day its window closed. ``since`` limits the days only.
+        """
+        archived_on = sa.func.coalesce(passes.c.archived_at, passes.c.updated_at)
+        expired_on = sa.func.coalesce(passes.c.deadline, passes.c.updated_at)
+        # date() is a function on SQLite and PostgreSQL alike: the UTC day of a naive
+        # UTC timestamp (SQLite's text comes back as a date through the Date type).
+        a_day = sa.func.date(archived_on, type_=sa.Date).label("day")
+        e_day = sa.func.date(expired_on, type_=sa.Date).label("day")
+        archived_q = (
+            sa.select(
+                a_day,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(passes.c.image_count), 0),
+                sa.func.coalesce(sa.func.sum(passes.c.image_bytes), 0),
+            )
+            .where(passes.c.state == Outcome.ARCHIVED.value)
+            .group_by(a_day)
+        )
+        expired_q = (
+            sa.select(e_day, sa.func.count())
+            .where(passes.c.state == Outcome.EXPIRED.value)
+            .group_by(e_day)
+        )
+        if since is not None:
+            archived_q = archived_q.where(archived_on >= since)
+            expired_q = expired_q.where(expired_on >= since)
+        upcoming_q = (
+            sa.select(passes.c.pass_id, passes.c.deadline, passes.c.state)
+            .where(passes.c.state.in_([s.value for s in WORK_STATES]))
+            .where(passes.c.deadline.is_not(None))
+            .order_by(passes.c.deadline, passes.c.pass_id)
+            .limit(upcoming)
+        )
+        failed_q = (
+            sa.select(
+                passes.c.pass_id, passes.c.last_reason, passes.c.attempts, passes.c.updated_at
+            )
+            .where(passes.c.state == Outcome.FAILED.value)
+            .order_by(passes.c.updated_at.desc(), passes.c.pass_id)
+            .limit(failures)
+        )
+        state_q = sa.select(passes.c.state, sa.func.count()).group_by(passes.c.state)
+        days: dict[Any, dict[str, int]] = {}
+        try:
+            with self._snapshot() as conn:
+                by_state = conn.execute(state_q).all()
+                for day, n, images, size in conn.execute(archived_q):
+                    days.setdefault(day, {}).update(
+                        archived=int(n), images=int(images), image_bytes=int(size)
+                    )
+                for day, n in conn.execute(expired_q):
+                    days.setdefault(day, {})["expired"] = int(n)
+                soon = conn.execute(upcoming_q).all()
+                failed = conn.execute(failed_q).all()
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"catalog query failed ({type(exc).__name__})") from None
+        return Coverage(
+            generated_at=now,
+            since=since,
+            by_state=tuple(sorted((Outcome(s), int(n)) for s, n in by_state)),
+            days=tuple(DayCoverage(day=d, **days[d]) for d in sorted(days)),
+            upcoming=tuple(UpcomingDeadline(r.pass_id, r.deadline, Outcome(r.state)) for r in soon),
+            failures=tuple(
+                FailedPass(r.pass_id, r.last_reason, r.attempts, r.updated_at) for r in failed
+            ),
+        )
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """A read-only transaction that sees one state of the database throughout:
+        REPEATABLE READ on PostgreSQL; on SQLite (WAL) a deferred transaction, whose
+        snapshot is taken at its first read."""
+        with self._engine.connect() as conn:
+            if self.dialect != "sqlite":
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+                with conn.begin():
+                    yield conn
+                return
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.exec_driver_sql("ROLLBACK")
 
 
 def _read_version(conn: Connection) -> int:

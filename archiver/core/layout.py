@@ -40,6 +40,12 @@ class Layout:
     def manifest(self, pass_id: str) -> str:
         return self.pass_dir(pass_id) + MANIFEST
 
+    def public_key(self, key_id: str) -> str:
+        return f"{self._root()}keys/{key_id}.pub.pem"
+
+    def runs_root(self) -> str:
+        return f"{self._root()}runs/"
+
     def passes_root(self) -> str:
         return f"{self._root()}passes/"
 

@@ -42,6 +42,8 @@ class ObjectEntry:
     slot: str | None = None
     width: int | None = None
     height: int | None = None
+    retain_until: datetime | None = None
+    lock_mode: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -57,6 +59,9 @@ class ObjectEntry:
         if self.width is not None and self.height is not None:
             out["width"] = self.width
             out["height"] = self.height
+        if self.retain_until is not None and self.lock_mode is not None:
+            out["retain_until"] = isoformat(self.retain_until)
+            out["lock_mode"] = self.lock_mode
         return out
 
 
@@ -98,6 +103,7 @@ def build_manifest(
     decryption: str,
     sse: str,
     kms_key_id: str | None,
+    signing_key_id: str,
 ) -> dict[str, Any]:
     return {
         "manifest_version": MANIFEST_VERSION,
@@ -116,6 +122,7 @@ def build_manifest(
         },
         "source": {"endpoint": "/idpass/details", "decryption": decryption},
         "encryption": {"sse": sse, "kms_key_id": kms_key_id},
+        "signing": {"algorithm": "ed25519", "key_id": signing_key_id},
         "objects": [o.to_json() for o in sorted(objects, key=lambda o: o.key)],
         "missing_slots": sorted(missing_slots),
         "image_count": sum(1 for o in objects if o.role == "image"),
@@ -130,25 +137,34 @@ def sha256sums(entries: list[tuple[str, str]]) -> bytes:
 
 
 @cache
-def schema() -> dict[str, Any]:
-    text = resources.files("archiver.schemas").joinpath(SCHEMA_FILE).read_text("utf-8")
+def load_schema(name: str) -> dict[str, Any]:
+    text = resources.files("archiver.schemas").joinpath(name).read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
 
 
-def validate(doc: dict[str, Any]) -> None:
-    """Raise :class:`ManifestFormatError` unless ``doc`` is a valid version-1 manifest."""
-    version = doc.get("manifest_version") if isinstance(doc, dict) else None
-    if version != MANIFEST_VERSION:
-        raise ManifestFormatError(f"unknown manifest_version {version!r}")
-    validator = jsonschema.Draft202012Validator(schema())
+def schema() -> dict[str, Any]:
+    return load_schema(SCHEMA_FILE)
+
+
+def validate_against(schema_file: str, doc: Any, version_field: str, version: int) -> None:
+    """Raise :class:`ManifestFormatError` unless ``doc`` is valid against the schema."""
+    found = doc.get(version_field) if isinstance(doc, dict) else None
+    if found != version:
+        raise ManifestFormatError(f"unknown {version_field} {found!r}")
+    validator = jsonschema.Draft202012Validator(load_schema(schema_file))
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
     if errors:
         first = errors[0]
         where = "/".join(str(p) for p in first.absolute_path) or "(root)"
         raise ManifestFormatError(
-            f"manifest does not match the schema at {where}: {first.validator} check failed"
+            f"document does not match the schema at {where}: {first.validator} check failed"
         )
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Raise :class:`ManifestFormatError` unless ``doc`` is a valid version-1 manifest."""
+    validate_against(SCHEMA_FILE, doc, "manifest_version", MANIFEST_VERSION)
 
 
 def parse_manifest(data: bytes) -> dict[str, Any]:

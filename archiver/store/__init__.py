@@ -23,7 +23,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectLock:
+    """Object Lock retention for a new object version."""
+
+    mode: Literal["COMPLIANCE", "GOVERNANCE"]
+    retain_until: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +42,7 @@ class PutResult:
     version_id: str | None
     reused: bool
     retain_until: datetime | None = None
+    lock_mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +62,16 @@ class ObjectInfo:
 class ObjectStore(Protocol):
     """A narrow, thread-safe object store. See the module docstring for the contract."""
 
-    def put(self, key: str, data: bytes, *, sha256: str, content_type: str) -> PutResult: ...
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        sha256: str,
+        content_type: str,
+        lock: ObjectLock | None = None,
+        overwrite: bool = False,
+    ) -> PutResult: ...
 
     def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None: ...
 

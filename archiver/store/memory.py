@@ -16,6 +16,7 @@ may raise any :class:`~archiver.errors.StoreError`).
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import threading
 import uuid
@@ -28,7 +29,7 @@ from typing import Literal
 from archiver.clock import Clock, SystemClock
 from archiver.config import StorageSettings
 from archiver.errors import EncryptionRefused, ObjectConflict, StoreError, StoreUnavailable
-from archiver.store import ObjectInfo, PutResult
+from archiver.store import ObjectInfo, ObjectLock, PutResult
 
 __all__ = ["MemoryStore"]
 
@@ -44,6 +45,7 @@ class _Version:
     last_modified: datetime
     encryption: str | None
     kms_key_id: str | None
+    lock: ObjectLock | None = None
 
     def info(self, key: str) -> ObjectInfo:
         return ObjectInfo(
@@ -55,6 +57,8 @@ class _Version:
             version_id=self.version_id,
             content_type=self.content_type,
             last_modified=self.last_modified,
+            lock_mode=self.lock.mode if self.lock else None,
+            retain_until=self.lock.retain_until if self.lock else None,
         )
 
 
@@ -85,7 +89,16 @@ class MemoryStore:
 
     # --- the ObjectStore contract --------------------------------------------------
 
-    def put(self, key: str, data: bytes, *, sha256: str, content_type: str) -> PutResult:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        sha256: str,
+        content_type: str,
+        lock: ObjectLock | None = None,
+        overwrite: bool = False,
+    ) -> PutResult:
         sha256 = sha256.lower()
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
             raise ValueError("sha256 must be 64 hexadecimal characters")
@@ -99,7 +112,7 @@ class MemoryStore:
             )
         with self._lock:
             versions = self._objects.get(key)
-            if versions:
+            if versions and not overwrite:
                 current = versions[-1]
                 stored = current.sha256 or hashlib.sha256(current.data).hexdigest()
                 if stored != sha256:
@@ -116,10 +129,27 @@ class MemoryStore:
                         "stored unencrypted; it cannot be reused",
                         key=key,
                     )
-                return PutResult(key, len(data), sha256, current.version_id, reused=True)
+                return PutResult(
+                    key,
+                    len(data),
+                    sha256,
+                    current.version_id,
+                    reused=True,
+                    retain_until=current.lock.retain_until if current.lock else None,
+                    lock_mode=current.lock.mode if current.lock else None,
+                )
             version = self._new_version(data, sha256, content_type, self.sse, self.kms_key_id)
-            self._objects[key] = [version]
-            return PutResult(key, len(data), sha256, version.version_id, reused=False)
+            version = dataclasses.replace(version, lock=lock)
+            self._objects.setdefault(key, []).append(version)
+            return PutResult(
+                key,
+                len(data),
+                sha256,
+                version.version_id,
+                reused=False,
+                retain_until=lock.retain_until if lock else None,
+                lock_mode=lock.mode if lock else None,
+            )
 
     def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
         self._fault("head", key)

@@ -40,7 +40,7 @@ from archiver.errors import (
     StoreError,
     StoreUnavailable,
 )
-from archiver.store import ObjectInfo, PutResult
+from archiver.store import ObjectInfo, ObjectLock, PutResult
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -172,8 +172,22 @@ class S3Store:
 
     # --- the ObjectStore contract --------------------------------------------------
 
-    def put(self, key: str, data: bytes, *, sha256: str, content_type: str) -> PutResult:
-        """Create ``key`` unless it exists; reuse it if it holds the same bytes."""
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        sha256: str,
+        content_type: str,
+        lock: ObjectLock | None = None,
+        overwrite: bool = False,
+    ) -> PutResult:
+        """Create ``key`` unless it exists; reuse it if it holds the same bytes.
+
+        ``overwrite`` writes a new version even if the key exists (only for a detached
+        signature whose manifest was never committed); ``lock`` sets Object Lock
+        retention on the new version.
+        """
         sha256 = sha256.lower()
         request: PutObjectRequestTypeDef = {
             "Bucket": self.bucket,
@@ -181,11 +195,15 @@ class S3Store:
             "Body": data,
             "ContentType": content_type,
             "ChecksumSHA256": _b64_digest(sha256),
-            "IfNoneMatch": "*",
             "ServerSideEncryption": self.settings.sse,
         }
+        if not overwrite:
+            request["IfNoneMatch"] = "*"
         if self.settings.sse == "aws:kms" and self.settings.kms_key_id:
             request["SSEKMSKeyId"] = self.settings.kms_key_id
+        if lock is not None:
+            request["ObjectLockMode"] = lock.mode
+            request["ObjectLockRetainUntilDate"] = lock.retain_until
         for _ in range(2):
             try:
                 resp = self._client.put_object(**request)
@@ -211,6 +229,8 @@ class S3Store:
                 sha256=sha256,
                 version_id=resp.get("VersionId"),
                 reused=False,
+                retain_until=lock.retain_until if lock is not None else None,
+                lock_mode=lock.mode if lock is not None else None,
             )
         raise StoreUnavailable(
             f"S3 put {self.bucket}/{key}: refused as existing, but the object is not there",
@@ -349,6 +369,7 @@ class S3Store:
             version_id=info.version_id,
             reused=True,
             retain_until=info.retain_until,
+            lock_mode=info.lock_mode,
         )
 
     def _raise(self, exc: Exception, operation: str, key: str) -> NoReturn:

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from archiver.catalog.keys import new_catalog_secret
 from archiver.catalog.sql import SqlCatalog
+from tests.fixtures.cli import TEST_SIGNING_KEY
 
 ARCHIVER = [sys.executable, "-m", "archiver"]
 PREFIX = "workers"
@@ -160,6 +161,7 @@ format = "json"
         {
             "IDPASS_ARCHIVER_API_TOKEN": sandbox_reset.token,
             "IDPASS_ARCHIVER_CATALOG_KEY": new_catalog_secret(),
+            "IDPASS_ARCHIVER_SIGNING_KEY": TEST_SIGNING_KEY,
             "AWS_ACCESS_KEY_ID": access,
             "AWS_SECRET_ACCESS_KEY": secret,
         }
@@ -181,7 +183,7 @@ def _assert_written_once(seaweedfs, bucket: str, ids: list[str]) -> None:
     manifests = {k.split("/")[2] for k in versions if k.endswith("/manifest.json")}
     assert manifests == set(ids)
     # one image, record.json, SHA256SUMS and manifest.json a pass: nothing else
-    assert len(versions) == 4 * len(ids)
+    assert len(versions) == 5 * len(ids)
 
 
 def test_four_workers_archive_each_pass_exactly_once(bed, seaweedfs, s3_bucket):

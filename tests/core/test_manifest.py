@@ -48,6 +48,7 @@ def _doc(**over):
         decryption="server",
         sse="aws:kms",
         kms_key_id="k",
+        signing_key_id="0123456789abcdef",
     )
     args.update(over)
     return mf.build_manifest(**args)

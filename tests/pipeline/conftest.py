@@ -24,6 +24,7 @@ from archiver.sandbox import SandboxServer
 from archiver.sources.file import read_file
 from archiver.store import ObjectStore
 from archiver.store.memory import MemoryStore
+from tests.fixtures.cli import TEST_SIGNER
 from tests.fixtures.pii import PiiWatch
 
 
@@ -76,6 +77,7 @@ class Harness:
                         options=self.options,
                         clock=self.clock,
                         executor=pool,
+                        signer=TEST_SIGNER,
                     )
                     return await pipeline.run(**kwargs)
 

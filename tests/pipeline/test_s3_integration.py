@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 
 from archiver.catalog import Outcome
+from tests.fixtures.cli import TEST_SIGNER
 
 SCHEMA = json.loads(
     (Path(__file__).parents[2] / "config" / "schemas" / "pass-manifest.v1.schema.json").read_text()
@@ -74,7 +75,8 @@ def test_every_object_is_kms_encrypted_with_checksum(archived, seaweedfs, s3_buc
     """HEAD shows aws:kms with the configured key and a SHA-256 checksum on every object."""
     client = seaweedfs.client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
-    assert len(keys) == 3 * (6 + 3) + (1 + 3)  # images + record, sums, manifest per pass
+    # per pass: images + record, SHA256SUMS, manifest.json, manifest.json.sig
+    assert len(keys) == 3 * (6 + 4) + (1 + 4)
     for key in keys:
         head = client.head_object(Bucket=s3_bucket, Key=key, ChecksumMode="ENABLED")
         assert head["ServerSideEncryption"] == "aws:kms", key
@@ -83,11 +85,18 @@ def test_every_object_is_kms_encrypted_with_checksum(archived, seaweedfs, s3_buc
 
 
 def test_manifests_validate_against_published_schema(archived, seaweedfs, s3_bucket):
-    """Each manifest validates against the schema published under config/."""
+    """Each manifest validates against the published schema and its detached signature
+    verifies over its exact bytes."""
     h, ids, _ = archived
     client = seaweedfs.client()
-    for _, (_, doc) in _manifests(h, client, s3_bucket, ids["full"] + ids["sparse"]).items():
+    verifier = TEST_SIGNER.verifier
+    for _, (body, doc) in _manifests(h, client, s3_bucket, ids["full"] + ids["sparse"]).items():
         jsonschema.validate(doc, SCHEMA)
+        assert doc["signing"] == {"algorithm": "ed25519", "key_id": verifier.key_id}
+        sig_key = h.layout.manifest(doc["pass_id"]) + ".sig"
+        sig = client.get_object(Bucket=s3_bucket, Key=sig_key)["Body"].read()
+        assert verifier.verify(body, sig)
+        assert not verifier.verify(body + b" ", sig)
 
 
 def test_rerun_archives_nothing_new_and_changes_no_object(archived, seaweedfs, s3_bucket):

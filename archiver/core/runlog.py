@@ -1,0 +1,82 @@
+"""The run manifest: one signed record per run, hash-chained to the previous one.
+
+Written at ``{prefix}/runs/{yyyy}/{mm}/{dd}/{run_id}.json`` with a detached Ed25519
+signature beside it (``.json.sig``). Canonical JSON, versioned, published as
+``config/schemas/run-manifest.v1.schema.json``. ``previous`` names the SHA-256 (and
+key) of the chain's previous run manifest, so deleting or altering a run manifest in
+the middle of the chain breaks a link that ``verify`` reports. No personal data:
+pass ids, hashes, counts and reasons only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from archiver.catalog import Outcome
+from archiver.clock import isoformat
+from archiver.core.images import sha256_hex
+from archiver.core.manifest import canonical_json, validate_against
+from archiver.pipeline import RunSummary
+
+RUN_MANIFEST_VERSION = 1
+KIND = "idpass-archiver/run-manifest"
+SCHEMA_FILE = "run-manifest.v1.schema.json"
+
+
+def build_run_manifest(
+    summary: RunSummary,
+    *,
+    chain_id: str,
+    archiver_version: str,
+    config_fingerprint: str,
+    previous_key: str | None,
+    previous_sha256: str | None,
+    signing_key_id: str,
+) -> dict[str, Any]:
+    assert summary.finished_at is not None
+    archived = sorted(
+        (r for r in summary.results if r.outcome is Outcome.ARCHIVED and r.manifest_key),
+        key=lambda r: r.pass_id,
+    )
+    problems = [
+        r for r in summary.results if r.outcome in (Outcome.EXPIRED, Outcome.FAILED, Outcome.RETRY)
+    ]
+    return {
+        "run_manifest_version": RUN_MANIFEST_VERSION,
+        "kind": KIND,
+        "run_id": summary.run_id,
+        "chain_id": chain_id,
+        "worker_id": summary.worker_id,
+        "archiver_version": archiver_version,
+        "config_fingerprint": config_fingerprint,
+        "started_at": isoformat(summary.started_at),
+        "finished_at": isoformat(summary.finished_at),
+        "exit_code": summary.exit_code,
+        "stopped_early": summary.stopped_early,
+        "systemic_error": summary.systemic_error,
+        "counts": summary.counts,
+        "passes": [
+            {
+                "pass_id": r.pass_id,
+                "manifest_key": r.manifest_key,
+                "manifest_sha256": r.manifest_sha256,
+                "already_archived": r.already_archived,
+            }
+            for r in archived
+        ],
+        "not_archived": sorted(
+            (
+                {"pass_id": r.pass_id, "outcome": r.outcome.value, "reason": r.reason or ""}
+                for r in problems
+            ),
+            key=lambda d: (d["outcome"], d["pass_id"]),
+        ),
+        "previous": ({"key": previous_key, "sha256": previous_sha256} if previous_sha256 else None),
+        "signing": {"algorithm": "ed25519", "key_id": signing_key_id},
+    }
+
+
+def run_manifest_bytes(doc: dict[str, Any]) -> tuple[bytes, str]:
+    validate_against(SCHEMA_FILE, doc, "run_manifest_version", RUN_MANIFEST_VERSION)
+    data = canonical_json(doc)
+    return data, sha256_hex(data)
