@@ -146,7 +146,8 @@ async def run_cycle(
     the run is recorded as stopped early.
     """
     s = rt.settings
-    token = s.api.token
+    api_settings = s.require_api()
+    token = api_settings.token
     if token is None and not dry_run:
         raise ConfigError(
             "no API token: set IDPASS_ARCHIVER_API_TOKEN or api.token_file", key="api.token"
@@ -156,7 +157,7 @@ async def run_cycle(
         publish_public_key(rt.store, Layout(s.storage.clean_prefix), signer)
     stop = stop or threading.Event()
     options = dataclasses.replace(pipeline_options(s), next_run=next_run_after(s, rt.clock.now()))
-    rate = s.api.requests_per_second if requests_per_second is None else requests_per_second
+    rate = api_settings.requests_per_second if requests_per_second is None else requests_per_second
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
     if threading.current_thread() is threading.main_thread():
@@ -168,12 +169,12 @@ async def run_cycle(
             max_workers=s.storage.upload_threads, thread_name_prefix="archiver-io"
         ) as executor:
             async with IdPassClient(
-                s.api.base_url,
+                api_settings.base_url,
                 token.get_secret_value() if token else "",
-                connect_timeout=s.api.connect_timeout_seconds,
-                read_timeout=s.api.read_timeout_seconds,
-                max_connections=max(s.api.concurrency, s.pipeline.concurrency),
-                verify_tls=s.api.verify_tls,
+                connect_timeout=api_settings.connect_timeout_seconds,
+                read_timeout=api_settings.read_timeout_seconds,
+                max_connections=max(api_settings.concurrency, s.pipeline.concurrency),
+                verify_tls=api_settings.verify_tls,
             ) as client:
                 api: DetailsReader = client
                 if rate:

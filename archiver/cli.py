@@ -133,6 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--dry-run", action="store_true")
     back.add_argument("--json", action="store_true")
 
+    ver = sub.add_parser(
+        "verify",
+        help="prove from the bucket alone that every archived object is there, unchanged",
+        description="Check manifest signatures, every listed object's version, size, "
+        "checksum, encryption and retention (--deep: download and hash), orphan objects "
+        "and the run-manifest hash chain. Needs read access and the public key only. "
+        "Exit 0 when clean, 1 on any finding.",
+    )
+    _add_config(ver)
+    what = ver.add_mutually_exclusive_group()
+    what.add_argument("--pass", dest="pass_id", metavar="ID")
+    what.add_argument("--run", metavar="RUN_ID")
+    what.add_argument("--since", type=_day, metavar="DATE", help="runs started since DATE")
+    what.add_argument("--all", action="store_true", help="the whole archive (the default)")
+    ver.add_argument("--sample", type=float, metavar="PERCENT", help="check a random share")
+    ver.add_argument("--seed", type=int, help="seed for --sample (repeatable samples)")
+    ver.add_argument("--deep", action="store_true", help="download and hash every object")
+    ver.add_argument(
+        "--public-key", action="append", default=[], metavar="FILE", help="trusted key (PEM)"
+    )
+    ver.add_argument("--json", action="store_true")
+
     sched = sub.add_parser(
         "schedule",
         help="long-running: run a cycle on every tick of schedule.cron until SIGTERM",
@@ -329,6 +351,67 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             progress.close()
     _report_run(summary, args)
     return summary.exit_code
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from archiver.app import open_store
+    from archiver.core.layout import Layout
+    from archiver.core.signing import Signer, SigningKeyError, Verifier
+    from archiver.verify import VerifyScope, run_verify
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+    trusted: list[Verifier] = []
+    for path in [*args.public_key, *settings.signing.public_key_files]:
+        try:
+            trusted.append(Verifier.from_pem(Path(path).read_bytes()))
+        except OSError as exc:
+            raise ConfigError(f"cannot read public key {path} ({exc.strerror})") from None
+        except SigningKeyError as exc:
+            raise ConfigError(f"public key {path}: {exc}") from None
+    if settings.signing.key is not None:
+        try:
+            trusted.append(
+                Signer.from_pem(settings.signing.key.get_secret_value().encode()).verifier
+            )
+        except SigningKeyError as exc:
+            raise ConfigError(str(exc), key="signing.key_file") from None
+    if not trusted:
+        raise ConfigError(
+            "verify needs the public key to trust: --public-key FILE or signing.public_key_files"
+        )
+    if args.sample is not None and not 0 < args.sample <= 100:
+        raise ConfigError("--sample must be a percentage in (0, 100]")
+    scope = VerifyScope(
+        pass_id=args.pass_id,
+        run_id=args.run,
+        since=args.since,
+        everything=args.all,
+        sample_percent=args.sample,
+        deep=args.deep,
+        seed=args.seed,
+    )
+    report = run_verify(open_store(settings), Layout(settings.storage.clean_prefix), trusted, scope)
+    doc = report.to_json()
+    structlog.get_logger("archiver.cli").info(
+        "verify_finished",
+        ok=report.ok,
+        passes_checked=report.passes_checked,
+        objects_checked=report.objects_checked,
+        findings=len(report.findings),
+    )
+    if args.json:
+        _print_json(doc)
+    else:
+        print(
+            f"checked {doc['passes_checked']} passes, {doc['objects_checked']} objects, "
+            f"{doc['run_manifests_checked']} run manifests"
+            + (f", hashed {doc['bytes_hashed'] / 1e6:.1f} MB" if args.deep else "")
+        )
+        for f in report.findings:
+            print(f"  {f.kind:<20} {f.key}  {f.detail}")
+        print("OK: no findings" if report.ok else f"FAILED: {len(report.findings)} findings")
+    return EXIT_OK if report.ok else EXIT_INCOMPLETE
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -577,6 +660,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "verify": cmd_verify,
     "sync": cmd_sync,
     "backfill": cmd_backfill,
     "schedule": cmd_schedule,

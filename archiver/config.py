@@ -207,7 +207,9 @@ class LoggingSettings(_Section):
 
 
 class Settings(_Section):
-    api: ApiSettings
+    # Optional so that an auditor's `verify` needs only [storage] and a public key;
+    # `run`, `backfill` and `schedule` refuse to start without it.
+    api: ApiSettings | None = None
     storage: StorageSettings
     catalog: CatalogSettings = CatalogSettings()
     pipeline: PipelineSettings = PipelineSettings()
@@ -217,6 +219,11 @@ class Settings(_Section):
     object_lock: ObjectLockSettings = ObjectLockSettings()
     logging: LoggingSettings = LoggingSettings()
     source_path: Path | None = Field(default=None, exclude=True)
+
+    def require_api(self) -> ApiSettings:
+        if self.api is None:
+            raise ConfigError("the [api] section is required for this command", key="api.base_url")
+        return self.api
 
     def fingerprint(self) -> str:
         """SHA-256 of the configuration without secrets: which settings a run used."""
@@ -410,7 +417,7 @@ def from_mapping(
         raise ConfigError(_format_validation(exc)) from None
 
     token = env.get(TOKEN_ENV)
-    if not token and settings.api.token_file:
+    if not token and settings.api is not None and settings.api.token_file:
         token = _read_secret_file(settings.api.token_file, "api.token_file")
     catalog_key = env.get(CATALOG_KEY_ENV)
     if not catalog_key and settings.catalog.key_file:
@@ -428,7 +435,11 @@ def from_mapping(
             "signing": settings.signing.model_copy(
                 update={"key": SecretStr(signing_key) if signing_key else None}
             ),
-            "api": settings.api.model_copy(update={"token": SecretStr(token) if token else None}),
+            "api": (
+                settings.api.model_copy(update={"token": SecretStr(token) if token else None})
+                if settings.api is not None
+                else None
+            ),
             "catalog": settings.catalog.model_copy(
                 update={
                     "key": SecretStr(catalog_key) if catalog_key else None,

@@ -40,6 +40,7 @@ from archiver.logging import configure
 from archiver.pipeline import RunSummary
 from archiver.sources.file import read_file
 from archiver.store import ObjectStore
+from archiver.verify import VerifyScope, run_verify
 
 # (how many, what to ask the sandbox for, the outcome we expect)
 PLAN: list[tuple[int, dict[str, Any], str]] = [
@@ -222,6 +223,10 @@ def run_demo(workdir: Path | None = None, as_json: bool = False, serve: bool = F
                     archived = [r.pass_id for r in summary.results if r.outcome.value == "archived"]
                     say("reading everything back ...")
                     objects, nbytes, problems = _read_back(rt.store, layout, admin, archived)
+                    say("verifying the archive (signatures, versions, checksums, chain) ...")
+                    audit = run_verify(
+                        rt.store, layout, [signer.verifier], VerifyScope(everything=True, deep=True)
+                    )
                     got = {r.pass_id: r.outcome.value for r in summary.results}
                     mismatched = sorted(
                         pid for pid, want in expected.items() if got.get(pid) != want
@@ -237,6 +242,8 @@ def run_demo(workdir: Path | None = None, as_json: bool = False, serve: bool = F
                     "images": sum(r.images for r in summary.results),
                     "image_bytes": sum(r.image_bytes for r in summary.results),
                     "read_back": {"objects": objects, "bytes": nbytes, "problems": problems},
+                    "verify": audit.to_json(),
+                    "run_manifest_key": summary.run_manifest_key,
                     "unexpected_outcomes": mismatched,
                     "run_exit_code": summary.exit_code,
                     "bucket": settings.storage.bucket,
@@ -246,7 +253,7 @@ def run_demo(workdir: Path | None = None, as_json: bool = False, serve: bool = F
                     else None,
                     "seconds": round(time.monotonic() - t0, 1),
                 }
-                ok = not problems and not mismatched and bool(archived)
+                ok = not problems and not mismatched and bool(archived) and audit.ok
                 if as_json:
                     sys.stdout.write(
                         orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n"
@@ -285,6 +292,12 @@ def _print_summary(
     )
     for p in rb["problems"][:10]:
         print(f"    {p}")
+    v = result["verify"]
+    print(
+        f"  verify --deep: {v['passes_checked']} signed manifests, {v['objects_checked']} "
+        f"objects, {v['run_manifests_checked']} run manifest: "
+        + ("clean" if v["ok"] else f"{len(v['findings'])} FINDINGS")
+    )
     if result["unexpected_outcomes"]:
         print(f"  unexpected outcomes for: {', '.join(result['unexpected_outcomes'])}")
     print(

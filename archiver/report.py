@@ -67,8 +67,8 @@ def _one_line(text: str | None) -> str:
 
 def _period(c: Coverage) -> str:
     if c.since is None:
-        return "all recorded activity"
-    return f"since {c.since.astimezone(UTC).date().isoformat()}"
+        return "all days with activity"
+    return f"the days since {c.since.astimezone(UTC).date().isoformat()}"
 
 
 # -- JSON -------------------------------------------------------------------------------
@@ -175,8 +175,9 @@ _CSS = """
 body { color: var(--ink); margin: 2rem auto; max-width: 72rem; padding: 0 1rem; }
 h1 { font-size: 1.5rem; margin-bottom: .25rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
 .muted { color: var(--muted); }
-.cards { display: flex; flex-wrap: wrap; gap: .75rem; margin: 0; }
-.card { border: 1px solid var(--line); border-radius: 6px; padding: .6rem 1rem; min-width: 8.5rem; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(8rem, 1fr));
+  gap: .75rem; margin: 0; }
+.card { border: 1px solid var(--line); border-radius: 6px; padding: .6rem 1rem; }
 .card dt { color: var(--muted); font-size: .85rem; } .card dd { font-size: 1.6rem; margin: 0; }
 .card.archived dd { color: var(--archived); }
 .card.expired dd, .card.failed dd { color: var(--expired); }
@@ -242,7 +243,7 @@ def _chart(days: list[DayCoverage]) -> str:
         f'aria-labelledby="chart-title" width="{width:.0f}" height="{top + height + bottom}" '
         f'viewBox="0 0 {width:.0f} {top + height + bottom}" data-days="{len(days)}">',
         '<title id="chart-title">Passes archived and expired per UTC day</title>',
-        f'<text x="{left - 6}" y="{top - 2}" text-anchor="end">passes</text>',
+        f'<text x="4" y="{top - 10}">passes</text>',
     ]
     for t in ticks:
         y = top + height - t * scale
@@ -425,7 +426,7 @@ def render_html(c: Coverage) -> str:
         "<header>\n<h1>ID Pass archive coverage</h1>\n"
         f'<p class="muted">Generated <span id="generated-at" '
         f'data-value="{_e(isoformat(c.generated_at))}">{_time(c.generated_at)}</span>. '
-        f'Days are UTC days; the daily figures cover <span id="period"{since}>'
+        f'Days are UTC days. Daily figures: <span id="period"{since}>'
         f"{_e(_period(c))}</span>.</p>\n</header>"
     )
     csp = "default-src 'none'; style-src 'unsafe-inline'"

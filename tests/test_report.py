@@ -119,7 +119,7 @@ def test_table_shows_totals_days_deadlines_and_failures():
     out = render_table(COVERAGE)
     assert "Known                            10" in out
     assert "Expired without archiving         2" in out
-    assert "Per day (UTC), since 2026-06-01" in out
+    assert "Per day (UTC), the days since 2026-06-01" in out
     assert "2026-06-02           2         5        2.50         0" in out
     assert "total                3         6        2.80         2" in out
     assert f"{PID1}  2026-06-09 00:00 UTC  retry      overdue" in out
@@ -130,7 +130,7 @@ def test_table_shows_totals_days_deadlines_and_failures():
 def test_empty_table_says_so():
     """An empty catalog gives a short, explicit text report."""
     out = render_table(EMPTY)
-    assert "all recorded activity" in out and "no passes archived or expired" in out
+    assert "all days with activity" in out and "no passes archived or expired" in out
     assert out.count("  none") == 2
 
 

@@ -1,0 +1,305 @@
+"""``idpass-archiver verify``: prove from the bucket alone that the archive is intact.
+
+Needs read access to the bucket and the trusted public key(s); no API token, no
+signing key, no catalog. For each pass manifest in scope it checks:
+
+* the manifest parses, has a known version, and its detached signature verifies
+  under a trusted key;
+* every listed object exists at its recorded version with the recorded size,
+  SHA-256 (the stored S3 checksum) and encryption, and, when the manifest recorded
+  Object Lock retention, still has it; the current version of the key is the
+  recorded one (nothing was written over it, nothing deleted);
+* with ``deep``, each object downloaded and hashed again;
+
+and across the archive (``all``): objects under ``passes/`` that no manifest lists
+(orphans), and the hash chain of signed run manifests: a run manifest deleted from
+the middle of a chain, or altered, breaks a link.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from archiver.core import manifest as mf
+from archiver.core.layout import MANIFEST, Layout
+from archiver.core.runlog import RUN_MANIFEST_VERSION
+from archiver.core.runlog import SCHEMA_FILE as RUN_SCHEMA
+from archiver.core.signing import Verifier
+from archiver.errors import StoreError
+from archiver.store import ObjectInfo, ObjectStore
+
+SIG = ".sig"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str  # missing, altered, size_mismatch, replaced, deleted, unencrypted, unlocked,
+    #            bad_signature, untrusted_key, invalid_manifest, orphan, chain_broken, ...
+    key: str
+    detail: str
+    pass_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "key": self.key, "pass_id": self.pass_id, "detail": self.detail}
+
+
+@dataclass
+class VerifyReport:
+    passes_checked: int = 0
+    objects_checked: int = 0
+    bytes_hashed: int = 0
+    run_manifests_checked: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        counts: dict[str, int] = defaultdict(int)
+        for f in self.findings:
+            counts[f.kind] += 1
+        return {
+            "ok": self.ok,
+            "passes_checked": self.passes_checked,
+            "objects_checked": self.objects_checked,
+            "bytes_hashed": self.bytes_hashed,
+            "run_manifests_checked": self.run_manifests_checked,
+            "finding_counts": dict(sorted(counts.items())),
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+@dataclass(frozen=True)
+class VerifyScope:
+    pass_id: str | None = None
+    run_id: str | None = None
+    since: datetime | None = None
+    everything: bool = False
+    sample_percent: float | None = None
+    deep: bool = False
+    seed: int | None = None
+
+
+class ArchiveChecker:
+    """Runs the checks; see the module docstring."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        layout: Layout,
+        trusted: list[Verifier],
+        *,
+        expected_sse: str | None = None,
+    ) -> None:
+        self.store = store
+        self.layout = layout
+        self.trusted = {v.key_id: v for v in trusted}
+        self.expected_sse = expected_sse
+        self.report = VerifyReport()
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _find(self, kind: str, key: str, detail: str, pass_id: str | None = None) -> None:
+        self.report.findings.append(Finding(kind, key, detail, pass_id))
+
+    def _signed(self, key: str, data: bytes, declared_key_id: str | None) -> bool:
+        """Check the detached signature of ``key``; record findings; True if good."""
+        try:
+            sig = self.store.get(key + SIG)
+        except StoreError:
+            self._find("unsigned", key, "the detached signature is missing")
+            return False
+        if declared_key_id is not None and declared_key_id not in self.trusted:
+            self._find(
+                "untrusted_key", key, f"signed with key {declared_key_id}, which is not trusted"
+            )
+            return False
+        if not any(v.verify(data, sig) for v in self.trusted.values()):
+            self._find("bad_signature", key, "the signature does not verify under a trusted key")
+            return False
+        return True
+
+    # -- passes -------------------------------------------------------------------
+
+    def check_pass(self, pass_id: str, *, deep: bool) -> set[str]:
+        """Verify one pass; returns the keys its manifest accounts for."""
+        mkey = self.layout.manifest(pass_id)
+        accounted = {mkey, mkey + SIG}
+        try:
+            data = self.store.get(mkey)
+        except StoreError:
+            self._find("missing", mkey, "the pass manifest is missing", pass_id)
+            return accounted
+        self.report.passes_checked += 1
+        try:
+            doc = mf.parse_manifest(data)
+        except mf.ManifestFormatError as exc:
+            self._find("invalid_manifest", mkey, str(exc), pass_id)
+            return accounted
+        if doc["pass_id"] != pass_id:
+            self._find("invalid_manifest", mkey, "manifest names another pass", pass_id)
+        self._signed(mkey, data, doc["signing"]["key_id"])
+        sse = doc["encryption"]["sse"]
+        for entry in doc["objects"]:
+            accounted.add(entry["key"])
+            self._check_object(entry, sse, pass_id, deep=deep)
+        return accounted
+
+    def _check_object(self, entry: dict[str, Any], sse: str, pass_id: str, *, deep: bool) -> None:
+        key, version = entry["key"], entry["version_id"]
+        self.report.objects_checked += 1
+        info = self.store.head(key, version_id=version)
+        if info is None:
+            self._find("missing", key, "the recorded object version does not exist", pass_id)
+            return
+        if info.size != entry["size"]:
+            self._find("size_mismatch", key, f"size {info.size}, recorded {entry['size']}", pass_id)
+        if info.sha256 is not None and info.sha256 != entry["sha256"]:
+            self._find("altered", key, "stored SHA-256 checksum differs from the manifest", pass_id)
+        elif info.sha256 is None and not deep:
+            self._find("no_checksum", key, "no stored checksum; use --deep to hash", pass_id)
+        if not info.encryption:
+            self._find("unencrypted", key, "the recorded version is not encrypted", pass_id)
+        elif info.encryption != sse:
+            self._find("encryption_mismatch", key, f"{info.encryption}, recorded {sse}", pass_id)
+        if entry.get("retain_until") and (info.lock_mode is None or info.retain_until is None):
+            self._find("unlocked", key, "Object Lock retention recorded but not present", pass_id)
+        if version is not None:
+            latest = self.store.head(key)
+            if latest is None:
+                self._find(
+                    "deleted", key, "the current version is deleted (delete marker)", pass_id
+                )
+            elif latest.version_id != version:
+                detail = "a newer version was written over the recorded one"
+                if not latest.encryption:
+                    detail += " (unencrypted)"
+                    self._find("unencrypted", key, "the current version is not encrypted", pass_id)
+                self._find("replaced", key, detail, pass_id)
+        if deep:
+            try:
+                body = self.store.get(key, version_id=version)
+            except StoreError as exc:
+                self._find("unreadable", key, exc.message, pass_id)
+                return
+            self.report.bytes_hashed += len(body)
+            if hashlib.sha256(body).hexdigest() != entry["sha256"]:
+                self._find("altered", key, "content hash differs from the manifest", pass_id)
+
+    # -- whole archive ------------------------------------------------------------
+
+    def pass_ids(self) -> tuple[list[str], list[ObjectInfo]]:
+        """Pass ids that have a manifest, and every object under passes/."""
+        objects = list(self.store.list(self.layout.passes_root()))
+        root = self.layout.passes_root()
+        ids = sorted(
+            {o.key[len(root) :].split("/", 1)[0] for o in objects if o.key.endswith("/" + MANIFEST)}
+        )
+        return ids, objects
+
+    def orphans(self, objects: list[ObjectInfo], accounted: set[str]) -> None:
+        for o in objects:
+            if o.key not in accounted:
+                info = self.store.head(o.key)
+                note = "" if info is None or info.encryption else " and unencrypted"
+                if info is not None and not info.encryption:
+                    self._find("unencrypted", o.key, "object is not encrypted")
+                self._find("orphan", o.key, f"no manifest lists this object{note}")
+
+    def runs(
+        self, *, since: datetime | None = None, run_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Verify run manifests (signatures, schema) and the hash chains they form."""
+        objects = [o for o in self.store.list(self.layout.runs_root()) if o.key.endswith(".json")]
+        by_sha: dict[str, str] = {}
+        docs: list[tuple[str, dict[str, Any]]] = []
+        for o in objects:
+            data = self.store.get(o.key)
+            self.report.run_manifests_checked += 1
+            try:
+                doc = orjson.loads(data)
+                mf.validate_against(RUN_SCHEMA, doc, "run_manifest_version", RUN_MANIFEST_VERSION)
+            except (orjson.JSONDecodeError, mf.ManifestFormatError) as exc:
+                self._find("invalid_run_manifest", o.key, str(exc))
+                continue
+            self._signed(o.key, data, doc["signing"]["key_id"])
+            by_sha[hashlib.sha256(data).hexdigest()] = o.key
+            docs.append((o.key, doc))
+        followers: dict[str, list[str]] = defaultdict(list)
+        for key, doc in docs:
+            prev = doc["previous"]
+            if prev is None:
+                continue
+            followers[prev["sha256"]].append(key)
+            if prev["sha256"] not in by_sha:
+                present = any(k == prev["key"] for k in by_sha.values())
+                kind = "chain_altered" if present else "chain_broken"
+                what = "was altered" if present else "is missing"
+                self._find(kind, prev["key"], f"run manifest {what}; {key} links to it")
+        for sha, keys in followers.items():
+            if len(keys) > 1:
+                self._find("chain_fork", by_sha.get(sha, sha), f"followed by {len(keys)} runs")
+        chosen = [
+            doc
+            for _, doc in docs
+            if (run_id is None or doc["run_id"] == run_id)
+            and (
+                since is None
+                or datetime.fromisoformat(doc["started_at"].replace("Z", "+00:00")) >= since
+            )
+        ]
+        return chosen
+
+
+def sample(ids: list[str], percent: float | None, seed: int | None) -> list[str]:
+    if percent is None or percent >= 100:
+        return ids
+    rng = random.Random(seed)
+    k = max(1, round(len(ids) * percent / 100)) if ids else 0
+    return sorted(rng.sample(ids, k))
+
+
+def run_verify(
+    store: ObjectStore, layout: Layout, trusted: list[Verifier], scope: VerifyScope
+) -> VerifyReport:
+    v = ArchiveChecker(store, layout, trusted)
+    if scope.pass_id is not None:
+        v.check_pass(scope.pass_id, deep=scope.deep)
+        return v.report
+    if scope.run_id is not None or scope.since is not None:
+        runs = v.runs(since=scope.since, run_id=scope.run_id)
+        if scope.run_id is not None and not runs:
+            v._find("missing", scope.run_id, "no run manifest has this run id")
+        ids = sorted({p["pass_id"] for doc in runs for p in doc["passes"]})
+        for pid in sample(ids, scope.sample_percent, scope.seed):
+            v.check_pass(pid, deep=scope.deep)
+        return v.report
+    ids, objects = v.pass_ids()
+    accounted: set[str] = set()
+    chosen = set(sample(ids, scope.sample_percent, scope.seed))
+    for pid in ids:
+        if pid in chosen:
+            accounted |= v.check_pass(pid, deep=scope.deep)
+        else:  # not sampled: still account for its objects, so they are no orphans
+            accounted |= _listed_keys(store, layout, pid)
+    v.orphans(objects, accounted)
+    v.runs()
+    return v.report
+
+
+def _listed_keys(store: ObjectStore, layout: Layout, pass_id: str) -> set[str]:
+    mkey = layout.manifest(pass_id)
+    keys = {mkey, mkey + SIG}
+    try:
+        doc = mf.parse_manifest(store.get(mkey))
+    except (StoreError, mf.ManifestFormatError):
+        return keys
+    return keys | {o["key"] for o in doc["objects"]}
