@@ -391,7 +391,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         deep=args.deep,
         seed=args.seed,
     )
-    report = run_verify(open_store(settings), Layout(settings.storage.clean_prefix), trusted, scope)
+    report = run_verify(
+        open_store(settings),
+        Layout(settings.storage.clean_prefix),
+        trusted,
+        scope,
+        require_lock=settings.object_lock.mode is not None,
+    )
     doc = report.to_json()
     structlog.get_logger("archiver.cli").info(
         "verify_finished",

@@ -97,12 +97,12 @@ class ArchiveChecker:
         layout: Layout,
         trusted: list[Verifier],
         *,
-        expected_sse: str | None = None,
+        require_lock: bool = False,
     ) -> None:
         self.store = store
         self.layout = layout
         self.trusted = {v.key_id: v for v in trusted}
-        self.expected_sse = expected_sse
+        self.require_lock = require_lock
         self.report = VerifyReport()
 
     # -- helpers ------------------------------------------------------------------
@@ -172,6 +172,10 @@ class ArchiveChecker:
             self._find("encryption_mismatch", key, f"{info.encryption}, recorded {sse}", pass_id)
         if entry.get("retain_until") and (info.lock_mode is None or info.retain_until is None):
             self._find("unlocked", key, "Object Lock retention recorded but not present", pass_id)
+        elif self.require_lock and info.lock_mode is None:
+            self._find(
+                "unlocked", key, "no Object Lock retention (the config requires it)", pass_id
+            )
         if version is not None:
             latest = self.store.head(key)
             if latest is None:
@@ -268,9 +272,14 @@ def sample(ids: list[str], percent: float | None, seed: int | None) -> list[str]
 
 
 def run_verify(
-    store: ObjectStore, layout: Layout, trusted: list[Verifier], scope: VerifyScope
+    store: ObjectStore,
+    layout: Layout,
+    trusted: list[Verifier],
+    scope: VerifyScope,
+    *,
+    require_lock: bool = False,
 ) -> VerifyReport:
-    v = ArchiveChecker(store, layout, trusted)
+    v = ArchiveChecker(store, layout, trusted, require_lock=require_lock)
     if scope.pass_id is not None:
         v.check_pass(scope.pass_id, deep=scope.deep)
         return v.report

@@ -188,3 +188,26 @@ def test_verify_without_a_key_is_a_usage_error(audited):
     cfg, env, _, _ = audited
     proc = run_cli(["verify", "--config", str(cfg)], env=env)
     assert proc.returncode == 2 and "--public-key" in proc.stderr
+
+
+def test_objects_without_required_retention_are_reported_unlocked(
+    cli_config, sandbox_http, tmp_path
+):
+    """An archive written without Object Lock fails verify once the config requires it."""
+    cfg, env = cli_config
+    sandbox_http.post("/_sandbox/passes", json={"image_retention_days": 9, "slots": ["probe"]})
+    ledger = cfg.parent / "ledger.jsonl"
+    ledger.write_bytes(sandbox_http.get("/_sandbox/ledger").content)
+    run_cli(["catalog", "import", str(ledger), "--config", str(cfg)], env=env)
+    assert run_cli(["run", "--config", str(cfg)], env=env).returncode == 0
+    pub = tmp_path / "pub.pem"
+    pub.write_bytes(TEST_SIGNER.verifier.public_pem())
+    audit = {k: v for k, v in env.items() if k.startswith("AWS_")}
+    args = ["verify", "--config", str(cfg), "--public-key", str(pub), "--json"]
+    assert run_cli(args, env=audit).returncode == 0
+    cfg.write_text(cfg.read_text() + '\n[object_lock]\nmode = "GOVERNANCE"\n')
+    proc = run_cli(args, env=audit)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    assert {f["kind"] for f in doc["findings"]} == {"unlocked"}
+    assert doc["finding_counts"]["unlocked"] == doc["objects_checked"]
