@@ -33,6 +33,7 @@ from archiver.errors import AlreadyRunning, ConfigError
 from archiver.idpass.client import IdPassClient
 from archiver.pipeline import DetailsReader, PassResult, Pipeline, PipelineOptions, RunSummary
 from archiver.ratelimit import AsyncRateLimiter, RateLimitedReader
+from archiver.retry import RetryingReader
 from archiver.scheduler import make_trigger
 from archiver.store import ObjectStore
 
@@ -178,7 +179,13 @@ async def run_cycle(
             ) as client:
                 api: DetailsReader = client
                 if rate:
-                    api = RateLimitedReader(client, AsyncRateLimiter(rate))
+                    api = RateLimitedReader(api, AsyncRateLimiter(rate))
+                api = RetryingReader(
+                    api,
+                    attempts=api_settings.max_attempts,
+                    base=api_settings.retry_base_seconds,
+                    max_wait=api_settings.retry_max_wait_seconds,
+                )
                 pipeline = Pipeline(
                     api=api,
                     store=rt.store,

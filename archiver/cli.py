@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file", type=Path)
     imp.add_argument("--format", choices=["jsonl", "csv"], help="default: from the extension")
     imp.add_argument("--json", action="store_true")
+    reb = cat_sub.add_parser(
+        "rebuild",
+        help="reconstruct the catalog from the S3 manifests alone (S3 is the source of truth)",
+    )
+    _add_config(reb)
+    reb.add_argument("--json", action="store_true")
 
     back = sub.add_parser(
         "backfill",
@@ -513,9 +519,49 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     return EXIT_OK if not bad else EXIT_INCOMPLETE
 
 
+def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
+    from archiver.app import open_catalog, open_store
+    from archiver.clock import SystemClock
+    from archiver.core.layout import Layout
+    from archiver.core.signing import Signer
+    from archiver.rebuild import rebuild
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+    trusted = []
+    if settings.signing.key is not None:
+        trusted.append(Signer.from_pem(settings.signing.key.get_secret_value().encode()).verifier)
+    catalog = open_catalog(settings)
+    try:
+        report = rebuild(
+            open_store(settings),
+            Layout(settings.storage.clean_prefix),
+            catalog,
+            SystemClock().now(),
+            trusted=trusted,
+        )
+    finally:
+        catalog.close()
+    structlog.get_logger("archiver.cli").info(
+        "catalog_rebuilt",
+        manifests=report.manifests,
+        recorded=report.recorded,
+        rejected=len(report.rejected),
+    )
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(f"rebuilt from {report.manifests} manifests: {report.recorded} passes archived")
+        for key, reason in report.rejected:
+            print(f"  rejected {key}: {reason}", file=sys.stderr)
+    return EXIT_OK if not report.rejected else EXIT_INCOMPLETE
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
+    if args.catalog_command == "rebuild":
+        return cmd_catalog_rebuild(args)
     if args.catalog_command != "import":
-        raise ConfigError("usage: idpass-archiver catalog import FILE")
+        raise ConfigError("usage: idpass-archiver catalog import FILE | catalog rebuild")
     from archiver.app import open_catalog
     from archiver.sources.file import read_file
 

@@ -54,6 +54,12 @@ class ApiSettings(_Section):
     concurrency: int = Field(default=6, ge=1, le=256)
     # Upper bound on details requests per second (0 = no limit).
     requests_per_second: float = Field(default=0.0, ge=0, le=10_000)
+    # Attempts per request on 429/5xx/timeouts/resets/truncated bodies (1 = no retry),
+    # with exponential backoff and full jitter from retry_base_seconds; a 429's
+    # Retry-After is honoured up to retry_max_wait_seconds.
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    retry_base_seconds: float = Field(default=0.5, gt=0, le=60)
+    retry_max_wait_seconds: float = Field(default=60.0, gt=0, le=3_600)
     verify_tls: bool = True
     # filled from the environment or token_file, never from TOML
     token: SecretStr | None = Field(default=None, exclude=True)

@@ -9,7 +9,7 @@ import botocore.exceptions
 import pytest
 
 from archiver.core.signing import Signer
-from tests.fixtures.cli import TEST_SIGNER, run_cli
+from tests.fixtures.cli import TEST_SIGNER, archive_with_cli, run_cli
 
 RUNS = 3
 
@@ -19,21 +19,7 @@ def audited(cli_config, sandbox_http, tmp_path):
     """An archive written by three CLI runs (two passes each) with COMPLIANCE lock."""
     cfg, env = cli_config
     cfg.write_text(cfg.read_text() + '\n[object_lock]\nmode = "COMPLIANCE"\nretain_days = 1\n')
-    ids = []
-    for _ in range(RUNS):
-        passes = sandbox_http.post(
-            "/_sandbox/passes",
-            json={"count": 2, "image_retention_days": 30, "slots": ["probe", "id_photo"]},
-        ).json()["passes"]
-        ids += [p["id"] for p in passes]
-        ledger = cfg.parent / "ledger.jsonl"
-        ledger.write_bytes(sandbox_http.get("/_sandbox/ledger").content)
-        assert (
-            run_cli(["catalog", "import", str(ledger), "--config", str(cfg)], env=env).returncode
-            == 0
-        )
-        run = run_cli(["run", "--config", str(cfg)], env=env)
-        assert run.returncode == 0, run.stderr[-2000:]
+    ids = archive_with_cli(cfg, env, sandbox_http, runs=RUNS)
     pub = tmp_path / "signing.pub.pem"
     pub.write_bytes(TEST_SIGNER.verifier.public_pem())
     # The auditor has read access and the public key: no token, no signing key.

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
 
-import pytest
 import sqlalchemy as sa
 
 from archiver.catalog import Outcome, OutcomeUpdate, PassUpsert
 from archiver.catalog.coverage import DayCoverage
-from archiver.catalog.keys import KeySealer, new_catalog_secret
 from archiver.catalog.sql import SqlCatalog
 from archiver.idpass.crypto import new_key
 
@@ -19,21 +17,6 @@ NOW = datetime(2026, 6, 20, tzinfo=UTC)
 
 def _id(n: int) -> str:
     return f"00000000-0000-4000-8000-{n:012d}"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def catalog_url(request, tmp_path):
-    """A URL for an empty catalog database: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'c.db'}"
-    return request.getfixturevalue("pg_url")
-
-
-@pytest.fixture
-def catalog(catalog_url):
-    cat = SqlCatalog(catalog_url, sealer=KeySealer(new_catalog_secret()))
-    yield cat
-    cat.close()
 
 
 def _archive(cat: SqlCatalog, n: int, at: datetime, images: int = 2, size: int = 1000) -> None:

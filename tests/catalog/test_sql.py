@@ -30,21 +30,6 @@ def _id(n: int) -> str:
     return f"00000000-0000-4000-8000-{n:012d}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def catalog_url(request, tmp_path):
-    """A URL for an empty catalog database: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'c.db'}"
-    return request.getfixturevalue("pg_url")
-
-
-@pytest.fixture
-def catalog(catalog_url):
-    cat = SqlCatalog(catalog_url, sealer=KeySealer(new_catalog_secret()))
-    yield cat
-    cat.close()
-
-
 def _raw(url: str, sql: str) -> list[tuple]:
     """Rows of a query on the database itself, around the catalog."""
     engine = sa.create_engine(url)

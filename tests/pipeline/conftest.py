@@ -7,6 +7,7 @@ import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 
 from archiver.catalog.keys import KeySealer, new_catalog_secret
 from archiver.catalog.sql import SqlCatalog
-from archiver.clock import Clock, SystemClock
+from archiver.clock import Clock, ManualClock, SystemClock, isoformat
 from archiver.core.layout import Layout
 from archiver.idpass.client import IdPassClient
 from archiver.logging import configure
@@ -126,3 +127,21 @@ def harness(sandbox_http, sandbox_reset, tmp_path, pii_watch) -> Iterator[Harnes
 def s3_harness(sandbox_http, sandbox_reset, tmp_path, s3_store, pii_watch) -> Iterator[Harness]:
     """The pipeline over the real sandbox with the real SeaweedFS."""
     yield from _harness(sandbox_http, sandbox_reset, tmp_path, s3_store, pii_watch)
+
+
+@pytest.fixture
+def travel(harness: Harness) -> Harness:
+    """The harness on a manual clock, at noon UTC today, that also drives the sandbox's
+    clock (noon: a day of travel never crosses two UTC midnights). ``advance(delta)``
+    moves both clocks together."""
+    start = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    harness.clock = ManualClock(start)
+    harness.http.post("/_sandbox/clock", json={"set": isoformat(start)})
+
+    def advance(delta: timedelta) -> None:
+        now = harness.clock.advance(delta)
+        r = harness.http.post("/_sandbox/clock", json={"set": isoformat(now)})
+        assert r.status_code == 200, r.text
+
+    harness.advance = advance  # type: ignore[attr-defined]
+    return harness

@@ -10,14 +10,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from archiver.catalog import Outcome, PassUpsert
-from archiver.clock import ManualClock, isoformat
 from tests.fixtures.cli import run_cli
 from tests.helpers import ReportPage
 
@@ -59,23 +58,6 @@ def _browse(chromium: str, tmp: Path, *args: str) -> subprocess.CompletedProcess
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
-
-
-@pytest.fixture
-def travel(harness):
-    """The harness on a manual clock, at noon UTC today, that also drives the sandbox's
-    clock (noon: a day of travel never crosses two UTC midnights)."""
-    start = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
-    harness.clock = ManualClock(start)
-    harness.http.post("/_sandbox/clock", json={"set": isoformat(start)})
-
-    def advance(delta: timedelta) -> None:
-        now = harness.clock.advance(delta)
-        r = harness.http.post("/_sandbox/clock", json={"set": isoformat(now)})
-        assert r.status_code == 200, r.text
-
-    harness.advance = advance
-    return harness
 
 
 def _archived(summary) -> list:

@@ -3,29 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
-
-import pytest
+from datetime import timedelta
 
 from archiver.catalog import Outcome
-from archiver.clock import ManualClock, isoformat
 from archiver.pipeline import EXIT_EXPIRED
-
-
-@pytest.fixture
-def travel(harness):
-    """The harness on a manual clock that also drives the sandbox's clock."""
-    start = datetime.now(UTC).replace(microsecond=0)
-    harness.clock = ManualClock(start)
-    harness.http.post("/_sandbox/clock", json={"set": isoformat(start)})
-
-    def advance(delta: timedelta) -> None:
-        now = harness.clock.advance(delta)
-        r = harness.http.post("/_sandbox/clock", json={"set": isoformat(now)})
-        assert r.status_code == 200, r.text
-
-    harness.advance = advance
-    return harness
 
 
 def test_passes_are_archived_earliest_deadline_first(travel):
