@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 
 from archiver import __version__
 from archiver.catalog import Scope
@@ -106,12 +107,13 @@ def next_run_after(settings: Settings, now: datetime) -> datetime | None:
 
 
 @contextmanager
-def run_lock(settings: Settings) -> Iterator[None]:
+def run_lock(settings: Settings) -> Iterator[bool]:
     """On an SQLite catalog only one run may go at a time: hold an exclusive lock on a
-    file beside the database. PostgreSQL catalogs share work through leases instead."""
+    file beside the database, and yield True (this process is the only worker).
+    PostgreSQL catalogs share work through leases instead: yield False."""
     url = sa.make_url(settings.catalog.url)
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        yield
+        yield False
         return
     path = Path(url.database + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,7 @@ def run_lock(settings: Settings) -> Iterator[None]:
             raise AlreadyRunning(
                 f"another run holds the catalog lock ({path}); this run does nothing and exits"
             ) from None
-        yield
+        yield True
     finally:
         os.close(fd)
 
@@ -139,6 +141,7 @@ async def run_cycle(
     on_result: Callable[[PassResult], None] | None = None,
     scope: Scope | None = None,
     key_lookup: Callable[[str, str], str | None] | None = None,
+    exclusive: bool = False,
 ) -> RunSummary:
     """One archival cycle against the configured API and bucket.
 
@@ -154,6 +157,11 @@ async def run_cycle(
             "no API token: set IDPASS_ARCHIVER_API_TOKEN or api.token_file", key="api.token"
         )
     signer = load_signer(s)
+    if exclusive and not dry_run:
+        # We hold the SQLite run lock: any lease left is from a run that died.
+        released = rt.catalog.release_all_leases()
+        if released:
+            structlog.get_logger("archiver.app").warning("stale_leases_released", count=released)
     if not dry_run:
         publish_public_key(rt.store, Layout(s.storage.clean_prefix), signer)
     stop = stop or threading.Event()

@@ -236,12 +236,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             pass_ids = [normalise_pass_id(p) for p in args.pass_ids]
         except ValueError as exc:
             raise ConfigError(f"--pass: {exc}") from None
-    with run_lock(settings), runtime(settings) as rt, SourcePool(settings) as pool:
+    with run_lock(settings) as exclusive, runtime(settings) as rt, SourcePool(settings) as pool:
         reports = []
         if settings.sources and not args.dry_run and not args.no_sync:
             reports = sync_sources(settings, rt.catalog, pool=pool, clock=rt.clock)
         summary = run_cycle_sync(
-            rt, limit=args.limit, pass_ids=pass_ids, dry_run=args.dry_run, key_lookup=pool
+            rt,
+            limit=args.limit,
+            pass_ids=pass_ids,
+            dry_run=args.dry_run,
+            key_lookup=pool,
+            exclusive=exclusive,
         )
     summary.sources = [r.to_json() for r in reports]
     _report_run(summary, args)
@@ -337,7 +342,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         pass_ids=ids,
         waive_backoff_before=SystemClock().now(),
     )
-    with run_lock(settings), runtime(settings) as rt, SourcePool(settings) as pool:
+    with run_lock(settings) as exclusive, runtime(settings) as rt, SourcePool(settings) as pool:
         if ids:
             rt.catalog.upsert(PassUpsert(pass_id=pid, source="backfill") for pid in ids)
         total = rt.catalog.count_due(SystemClock().now(), scope)
@@ -352,6 +357,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                 requests_per_second=args.rate,
                 on_result=progress,
                 key_lookup=pool,
+                exclusive=exclusive,
             )
         finally:
             progress.close()
@@ -435,10 +441,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     _setup_logging(settings, args)
 
     def cycle(stop: threading.Event) -> None:
-        with run_lock(settings), runtime(settings) as rt, SourcePool(settings) as pool:
+        with run_lock(settings) as exclusive, runtime(settings) as rt, SourcePool(settings) as pool:
             if settings.sources:
                 sync_sources(settings, rt.catalog, pool=pool, clock=rt.clock)
-            summary = asyncio.run(run_cycle(rt, stop=stop, key_lookup=pool))
+            summary = asyncio.run(run_cycle(rt, stop=stop, key_lookup=pool, exclusive=exclusive))
         _report_run(summary, args)
 
     sched = settings.schedule

@@ -507,6 +507,20 @@ class SqlCatalog:
         entries.sort(key=lambda e: (e.deadline is not None, e.deadline or far, e.pass_id))
         return entries
 
+    def release_all_leases(self) -> int:
+        """Clear every lease: only for a process that holds the SQLite run lock, where
+        any lease left is from a run that died. Returns how many were cleared."""
+        try:
+            with self._engine.begin() as conn:
+                result = conn.execute(
+                    passes.update()
+                    .where(passes.c.lease_owner.is_not(None))
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"cannot release leases ({type(exc).__name__})") from None
+        return int(result.rowcount or 0)
+
     def release(self, worker: str, pass_ids: list[str]) -> None:
         """Give back leases this worker holds but did not finish (a stopped run)."""
         try:

@@ -444,3 +444,12 @@ def test_a_missing_sqlite_directory_is_created(tmp_path):
     cat = SqlCatalog(f"sqlite:///{tmp_path / 'a' / 'b' / 'c.db'}")
     assert (tmp_path / "a" / "b" / "c.db").exists()
     cat.close()
+
+
+def test_release_all_leases_frees_passes_of_a_dead_run(catalog):
+    """Clearing all leases (done under the SQLite run lock) makes leased passes due again."""
+    catalog.upsert([PassUpsert(_id(n), "t") for n in range(1, 4)])
+    assert len(catalog.claim("dead-run", T0, 3, 3600)) == 3
+    assert catalog.claim("next-run", T0, 3, 3600) == []
+    assert catalog.release_all_leases() == 3
+    assert len(catalog.claim("next-run", T0, 3, 3600)) == 3
