@@ -157,6 +157,13 @@ async def run_cycle(
             "no API token: set IDPASS_ARCHIVER_API_TOKEN or api.token_file", key="api.token"
         )
     signer = load_signer(s)
+    for section, verify in (("api", api_settings.verify_tls), ("storage", s.storage.verify_tls)):
+        if not verify:
+            structlog.get_logger("archiver.app").warning(
+                "tls_verification_off",
+                setting=f"{section}.verify_tls",
+                note="certificates are not checked: for test beds only",
+            )
     if exclusive and not dry_run:
         # We hold the SQLite run lock: any lease left is from a run that died.
         released = rt.catalog.release_all_leases()

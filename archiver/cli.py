@@ -139,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--dry-run", action="store_true")
     back.add_argument("--json", action="store_true")
 
+    doc = sub.add_parser(
+        "doctor",
+        help="preflight: API and token, signing key, bucket encryption/versioning/lock, "
+        "a scratch write-read-delete, clock skew",
+    )
+    _add_config(doc)
+    doc.add_argument("--json", action="store_true")
+
     ver = sub.add_parser(
         "verify",
         help="prove from the bucket alone that every archived object is there, unchanged",
@@ -249,7 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             exclusive=exclusive,
         )
     summary.sources = [r.to_json() for r in reports]
-    _report_run(summary, args)
+    _report_run(summary, args, settings)
     if summary.exit_code == EXIT_OK and not all(r.ok for r in reports):
         return EXIT_INCOMPLETE
     return summary.exit_code
@@ -361,7 +369,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             )
         finally:
             progress.close()
-    _report_run(summary, args)
+    _report_run(summary, args, settings)
     return summary.exit_code
 
 
@@ -432,6 +440,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_INCOMPLETE
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from archiver.clock import SystemClock
+    from archiver.doctor import run_doctor
+    from archiver.store.s3 import S3Store
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+    with S3Store(settings.storage) as store:
+        checks = run_doctor(settings, store, SystemClock())
+    ok = all(c.ok for c in checks)
+    if args.json:
+        _print_json({"ok": ok, "checks": [c.to_json() for c in checks]})
+    else:
+        for c in checks:
+            print(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+        print("all checks passed" if ok else "some checks FAILED")
+    return EXIT_OK if ok else EXIT_INCOMPLETE
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     from archiver.app import run_cycle, run_lock, runtime
     from archiver.scheduler import serve
@@ -445,7 +472,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             if settings.sources:
                 sync_sources(settings, rt.catalog, pool=pool, clock=rt.clock)
             summary = asyncio.run(run_cycle(rt, stop=stop, key_lookup=pool, exclusive=exclusive))
-        _report_run(summary, args)
+        _report_run(summary, args, settings)
 
     sched = settings.schedule
     return serve(
@@ -456,7 +483,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     )
 
 
-def _report_run(summary: RunSummary, args: argparse.Namespace) -> None:
+def _report_run(
+    summary: RunSummary, args: argparse.Namespace, settings: config_mod.Settings | None = None
+) -> None:
     doc = summary.to_json()
     log = structlog.get_logger("archiver.cli")
     log.info(
@@ -468,6 +497,10 @@ def _report_run(summary: RunSummary, args: argparse.Namespace) -> None:
         },
         failed_count=len(doc["failed"]),
     )
+    if settings is not None:  # Prometheus metrics; a failure is logged, never raised
+        from archiver.metrics import publish
+
+        publish(summary, settings, command=getattr(args, "command", None))
     if args.json:
         _print_json(doc)
     elif summary.dry_run:
@@ -718,6 +751,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "doctor": cmd_doctor,
     "verify": cmd_verify,
     "sync": cmd_sync,
     "backfill": cmd_backfill,

@@ -212,6 +212,25 @@ class LoggingSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics of each run (archiver/metrics.py); neither target set: none."""
+
+    # Push each run's metrics to this Pushgateway (POST /metrics/job/<job>/...).
+    pushgateway_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
+    # The Pushgateway job name (grouping key `job`).
+    job: str = Field(default="idpass-archiver", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    # Seconds to connect and send to the Pushgateway.
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Write a node-exporter textfile (atomically) after each run; must end in .prom.
+    textfile_path: Path | None = None
+
+    @model_validator(mode="after")
+    def _prom_suffix(self) -> MetricsSettings:
+        if self.textfile_path is not None and self.textfile_path.suffix != ".prom":
+            raise ValueError("textfile_path must end in .prom (node-exporter reads only those)")
+        return self
+
+
 class Settings(_Section):
     # Optional so that an auditor's `verify` needs only [storage] and a public key;
     # `run`, `backfill` and `schedule` refuse to start without it.
@@ -224,6 +243,7 @@ class Settings(_Section):
     signing: SigningSettings = SigningSettings()
     object_lock: ObjectLockSettings = ObjectLockSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     source_path: Path | None = Field(default=None, exclude=True)
 
     def require_api(self) -> ApiSettings:

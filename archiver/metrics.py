@@ -114,7 +114,9 @@ class _RunCollector(Collector):
         yield passes
         yield self._gauge("images", "Images archived by the last run.", doc["images"])
         yield self._gauge(
-            "image_bytes", "Decoded bytes of the images archived by the last run.", doc["image_bytes"]
+            "image_bytes",
+            "Decoded bytes of the images archived by the last run.",
+            doc["image_bytes"],
         )
         yield self._gauge(
             "run_duration_seconds",
@@ -136,9 +138,7 @@ class _RunCollector(Collector):
             "When the last run finished, in Unix seconds.",
             finished.timestamp(),
         )
-        yield self._gauge(
-            "last_run_exit_code", "The exit code of the last run.", run_exit_code(s)
-        )
+        yield self._gauge("last_run_exit_code", "The exit code of the last run.", run_exit_code(s))
         yield self._gauge(
             "last_run_success",
             "1 when the last run completed its cycle (no systemic failure, not stopped "
@@ -221,13 +221,15 @@ def push(
     )
 
 
-def publish(summary: RunSummary, settings: Settings, *, mode: Mode = "run") -> None:
-    """Send a finished run's metrics wherever ``[metrics]`` says. Never raises: a
-    failure is logged as ``metrics_failed``. A dry run publishes nothing."""
+def publish(summary: RunSummary, settings: Settings, *, command: str | None = None) -> None:
+    """Send a finished run's metrics wherever ``[metrics]`` says; ``command`` is the
+    CLI command (``backfill`` gets its own series). Never raises: a failure is logged
+    as ``metrics_failed``. A dry run publishes nothing."""
     cfg = settings.metrics
     if summary.dry_run or (cfg.pushgateway_url is None and cfg.textfile_path is None):
         return
-    labels = {"mode": mode}
+    mode: Mode = "backfill" if command == "backfill" else "run"
+    labels: dict[str, str] = {"mode": mode}
     if settings.catalog.worker_id:
         labels["worker"] = settings.catalog.worker_id
     if cfg.pushgateway_url is not None:

@@ -26,6 +26,7 @@ import binascii
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import boto3
@@ -40,7 +41,7 @@ from archiver.errors import (
     StoreError,
     StoreUnavailable,
 )
-from archiver.store import ObjectInfo, ObjectLock, PutResult
+from archiver.store import BucketState, ObjectInfo, ObjectLock, PutResult
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -327,6 +328,65 @@ class S3Store:
             self._raise(exc, "head-bucket", "")
         except Exception as exc:
             self._raise(exc, "head-bucket", "")
+
+    def bucket_state(self) -> BucketState:
+        """Default encryption, versioning, Object Lock and the server's clock (doctor)."""
+        client = self._client
+        try:
+            head = client.head_bucket(Bucket=self.bucket)
+        except bex.ClientError as exc:
+            if _code(exc) in {"404", "NoSuchBucket", "NotFound"}:
+                raise StoreAccessDenied(f"S3 bucket {self.bucket} does not exist") from exc
+            self._raise(exc, "head-bucket", "")
+        except Exception as exc:
+            self._raise(exc, "head-bucket", "")
+        date = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        server_time = parsedate_to_datetime(date) if date else None
+        encryption: str | None = None
+        try:
+            rules = client.get_bucket_encryption(Bucket=self.bucket)[
+                "ServerSideEncryptionConfiguration"
+            ]["Rules"]
+            if rules:
+                encryption = rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"]
+        except bex.ClientError as exc:
+            if _code(exc) not in {"ServerSideEncryptionConfigurationNotFoundError", "404"}:
+                self._raise(exc, "get-bucket-encryption", "")
+        except Exception as exc:
+            self._raise(exc, "get-bucket-encryption", "")
+        try:
+            versioning = client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+        except Exception as exc:
+            self._raise(exc, "get-bucket-versioning", "")
+        lock_enabled, default_mode = False, None
+        try:
+            cfg = client.get_object_lock_configuration(Bucket=self.bucket)[
+                "ObjectLockConfiguration"
+            ]
+            lock_enabled = cfg.get("ObjectLockEnabled") == "Enabled"
+            default_mode = cfg.get("Rule", {}).get("DefaultRetention", {}).get("Mode")
+        except bex.ClientError as exc:
+            if _code(exc) not in {"ObjectLockConfigurationNotFoundError", "404"}:
+                self._raise(exc, "get-object-lock-configuration", "")
+        except Exception as exc:
+            self._raise(exc, "get-object-lock-configuration", "")
+        return BucketState(
+            default_encryption=encryption,
+            versioning=versioning,
+            object_lock=lock_enabled,
+            default_lock_mode=default_mode,
+            server_time=server_time,
+        )
+
+    def delete(self, key: str, *, version_id: str | None = None) -> None:
+        """Delete one object version (doctor's scratch object only)."""
+        try:
+            if version_id is not None:
+                self._client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
+            else:
+                self._client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            self._raise(exc, "delete", key)
 
     def close(self) -> None:
         """Release the connection pool."""
