@@ -106,7 +106,7 @@ class PipelineSettings(_Section):
     concurrency: int = Field(default=6, ge=1, le=256)
     max_image_bytes: int = Field(default=15 * 1024 * 1024, ge=1024)
     archive_statuses: tuple[str, ...] = ("complete",)
-    decryption: Literal["server", "local"] = "server"
+    decryption: Literal["server", "local", "passthrough"] = "server"
     batch_size: int = Field(default=500, ge=1, le=100_000)
     # Pass-level retries across runs: after this many attempts a pass is `failed`.
     max_attempts: int = Field(default=5, ge=1, le=100)

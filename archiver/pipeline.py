@@ -39,6 +39,7 @@ from archiver.core.images import (
     CheckedImage,
     check_image,
     decode_base64,
+    sealed_payload,
     sha256_hex,
     valid_slot_name,
 )
@@ -489,8 +490,14 @@ class Pipeline:
             return existing
 
         local = self.opt.decryption == "local"
-        key = entry.cipher_key
-        if key is None and entry.key_ref is not None and self.key_lookup is not None:
+        passthrough = self.opt.decryption == "passthrough"
+        key = None if passthrough else entry.cipher_key
+        if (
+            key is None
+            and not passthrough
+            and entry.key_ref is not None
+            and self.key_lookup is not None
+        ):
             # The key stays in the customer's source; it is read only now, into memory.
             key = await self._io(self.key_lookup, entry.key_ref, pid)
         read = await self.api.details(
@@ -518,6 +525,9 @@ class Pipeline:
         if not read.images:
             return self._no_images(pid, d.image_retention_days, deadline, read)
 
+        if read.encrypted and passthrough:
+            sealed = await self._sealed_images(pid, read)
+            return await self._write(entry, read, sealed, deadline)
         if read.encrypted and not local:
             raise DecryptionError(
                 "images arrived encrypted: no cipher key is known for this pass "
@@ -608,6 +618,17 @@ class Pipeline:
             checked.append(res)
         return checked
 
+    async def _sealed_images(self, pid: str, read: PassRead) -> list[CheckedImage]:
+        out = []
+        for slot, token in read.images.items():
+            if not valid_slot_name(slot):
+                raise ImageDecodeError("image slot name is not a safe key segment", pass_id=pid)
+            try:
+                out.append(sealed_payload(slot, token, max_bytes=self.opt.max_image_bytes))
+            except PayloadError as exc:
+                raise type(exc)(f"slot {slot}: {exc.message}", pass_id=pid, slot=slot) from None
+        return out
+
     def _lock(self) -> ObjectLock | None:
         if self.opt.lock_mode is None:
             return None
@@ -673,7 +694,13 @@ class Pipeline:
         d = read.details
         lay = self.layout
         image_puts = [
-            self._put(pid, lay.image(pid, img.slot), img.data, img.sha256, "image/jpeg")
+            self._put(
+                pid,
+                lay.sealed_image(pid, img.slot) if img.sealed else lay.image(pid, img.slot),
+                img.data,
+                img.sha256,
+                SIG_TYPE if img.sealed else "image/jpeg",
+            )
             for img in images
         ]
         record_bytes = orjson.dumps(read.record, option=orjson.OPT_SORT_KEYS)
@@ -696,11 +723,12 @@ class Pipeline:
                     key=res.key,
                     size=img.size,
                     sha256=img.sha256,
-                    content_type="image/jpeg",
+                    content_type=SIG_TYPE if img.sealed else "image/jpeg",
                     version_id=res.version_id,
                     slot=img.slot,
-                    width=img.width,
-                    height=img.height,
+                    width=None if img.sealed else img.width,
+                    height=None if img.sealed else img.height,
+                    payload=crypto.MARKER_VALUE if img.sealed else None,
                     retain_until=res.retain_until,
                     lock_mode=res.lock_mode,
                 )

@@ -27,6 +27,8 @@ class CheckedImage:
     sha256: str
     width: int
     height: int
+    # passthrough: ``data`` is the API's encrypted payload, not a checked JPEG
+    sealed: bool = False
 
     @property
     def size(self) -> int:
@@ -85,6 +87,17 @@ def check_image(slot: str, data: bytes) -> CheckedImage:
     """Check decoded bytes and hash them once."""
     width, height = check_jpeg(data, slot=slot)
     return CheckedImage(slot=slot, data=data, sha256=sha256_hex(data), width=width, height=height)
+
+
+def sealed_payload(slot: str, token: str, *, max_bytes: int) -> CheckedImage:
+    """Passthrough: an encrypted image token (Base64 of nonce || ciphertext || tag) kept
+    as received. Only its form can be checked: no JPEG check is possible."""
+    data = decode_base64(token, slot=slot, max_bytes=max_bytes + 28)
+    if len(data) < 12 + 16 + 1:
+        raise ImageDecodeError("encrypted image payload is too short", slot=slot)
+    return CheckedImage(
+        slot=slot, data=data, sha256=sha256_hex(data), width=0, height=0, sealed=True
+    )
 
 
 def decode_and_check(slot: str, text: str, *, max_bytes: int) -> CheckedImage:

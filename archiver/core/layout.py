@@ -31,6 +31,10 @@ class Layout:
     def image(self, pass_id: str, slot: str) -> str:
         return f"{self.pass_dir(pass_id)}images/{slot}.jpg"
 
+    def sealed_image(self, pass_id: str, slot: str) -> str:
+        """Passthrough mode: the encrypted payload of an image, as the API sent it."""
+        return f"{self.pass_dir(pass_id)}images/{slot}.jpg.aes256gcm"
+
     def record(self, pass_id: str) -> str:
         return self.pass_dir(pass_id) + RECORD
 

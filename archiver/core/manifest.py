@@ -44,6 +44,7 @@ class ObjectEntry:
     height: int | None = None
     retain_until: datetime | None = None
     lock_mode: str | None = None
+    payload: str | None = None  # "aes-256-gcm" in passthrough mode
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -56,6 +57,8 @@ class ObjectEntry:
         }
         if self.slot is not None:
             out["slot"] = self.slot
+        if self.payload is not None:
+            out["payload"] = self.payload
         if self.width is not None and self.height is not None:
             out["width"] = self.width
             out["height"] = self.height

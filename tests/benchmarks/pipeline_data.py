@@ -1,6 +1,6 @@
 """The pipeline benchmark's data: realistic JPEGs, unique per (pass, slot), served cheaply.
 
-A pool of 12 baseline JPEGs (80 KB to 1.2 MB, about 4.9 MB a pass) is rendered once per
+A pool of 12 baseline JPEGs (80 KB to 1.2 MB, about 5.2 MB a pass) is rendered once per
 process with the sandbox's deterministic renderer. The image of one (pass, slot) is a
 pool image chosen by a hash of the two, with a JPEG comment segment carrying
 ``bench:<pass_id>:<slot>`` inserted after the JFIF header: every archived object is
@@ -19,7 +19,6 @@ per image and the shared pre-encoded tails), built once per pass and written wit
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -33,7 +32,7 @@ from archiver.sandbox.images import comment_offset, render
 from archiver.sandbox.state import PassRecord, SandboxState
 
 SMALL, MEDIUM, LARGE = "small", "medium", "large"
-#: (size class, width, height, noise share, JPEG quality): 82 KB ... 1.2 MB
+#: (size class, width, height, noise share, JPEG quality): 80 KB ... 1.2 MB
 POOL_SPECS: tuple[tuple[str, int, int, float, int], ...] = (
     (SMALL, 440, 560, 0.19, 86),
     (SMALL, 480, 600, 0.22, 88),
@@ -41,12 +40,12 @@ POOL_SPECS: tuple[tuple[str, int, int, float, int], ...] = (
     (MEDIUM, 640, 853, 0.20, 88),
     (MEDIUM, 768, 1024, 0.22, 88),
     (MEDIUM, 800, 1000, 0.25, 90),
-    (LARGE, 1200, 800, 0.28, 90),
-    (LARGE, 1400, 900, 0.30, 92),
-    (LARGE, 1500, 950, 0.34, 92),
-    (LARGE, 1600, 1000, 0.40, 92),
+    (LARGE, 1100, 720, 0.26, 90),
+    (LARGE, 1200, 800, 0.26, 90),
+    (LARGE, 1300, 850, 0.30, 91),
+    (LARGE, 1400, 900, 0.29, 91),
+    (LARGE, 1600, 1000, 0.33, 92),
     (LARGE, 1650, 1050, 0.42, 92),
-    (LARGE, 1300, 850, 0.32, 91),
 )
 SLOT_CLASS: dict[str, str] = {
     "probe": MEDIUM,

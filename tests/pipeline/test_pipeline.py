@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -199,3 +200,31 @@ def test_local_decryption_archives_the_same_bytes(harness):
     record = orjson.loads(harness.store.get(harness.layout.record(pid)))
     assert "payload_encryption" not in record
     assert isinstance(record["verified_identity"], dict)
+
+
+def test_passthrough_archives_the_ciphertext_as_received(harness):
+    """Passthrough needs no key: ciphertext is stored, hashed and marked; it opens with the key."""
+    import base64
+
+    from archiver.catalog import PassUpsert
+    from archiver.idpass import crypto
+
+    [p] = harness.seed(image_retention_days=5, slots=["probe", "id_photo"])
+    harness.catalog.upsert([PassUpsert(p["id"], "enqueue")])  # no key anywhere
+    harness.options = dataclasses.replace(harness.options, decryption="passthrough")
+    [result] = harness.run().results
+    assert result.outcome is Outcome.ARCHIVED, result.reason
+    doc = mf.parse_manifest(harness.store.get(harness.layout.manifest(p["id"])))
+    assert doc["source"]["decryption"] == "passthrough"
+    images = [o for o in doc["objects"] if o["role"] == "image"]
+    assert {o["slot"] for o in images} == {"probe", "id_photo"}
+    raw_key = crypto.parse_key(p["cipher_key"])
+    for o in images:
+        assert o["payload"] == "aes-256-gcm" and "width" not in o
+        assert o["key"].endswith(".jpg.aes256gcm")
+        stored = harness.store.get(o["key"])
+        assert mf.sha256_hex(stored) == o["sha256"]
+        token = base64.b64encode(stored).decode()
+        assert crypto.decrypt_value(raw_key, token) == harness.image(p["id"], o["slot"])
+    record = orjson.loads(harness.store.get(harness.layout.record(p["id"])))
+    assert record["payload_encryption"] == "aes-256-gcm"
