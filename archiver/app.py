@@ -213,6 +213,7 @@ async def run_cycle(
                 )
                 pipeline.on_result = on_result
                 pipeline.key_lookup = key_lookup
+                pipeline.age_recipients = age_recipients(s)
 
                 async def watch() -> None:
                     while not stop.is_set():
@@ -244,6 +245,12 @@ async def run_cycle(
             manifest_sha256=digest,
         )
     return summary
+
+
+def age_recipients(settings: Settings) -> list[Any]:
+    from pyrage import x25519
+
+    return [x25519.Recipient.from_str(r) for r in settings.client_side_encryption.recipients]
 
 
 def chain_id(settings: Settings) -> str:

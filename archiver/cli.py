@@ -167,7 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument(
         "--public-key", action="append", default=[], metavar="FILE", help="trusted key (PEM)"
     )
+    ver.add_argument(
+        "--identity",
+        type=Path,
+        metavar="FILE",
+        help="age identity file: with --deep, also decrypt and check the plaintext hashes",
+    )
     ver.add_argument("--json", action="store_true")
+
+    exp = sub.add_parser(
+        "export",
+        help="write one pass's images and record to a directory, checked and decrypted",
+    )
+    _add_config(exp)
+    exp.add_argument("--pass", dest="pass_id", required=True, metavar="ID")
+    exp.add_argument("--identity", type=Path, metavar="FILE", help="age identity file")
+    exp.add_argument("--to", type=Path, required=True, metavar="DIR")
+    exp.add_argument("--public-key", action="append", default=[], metavar="FILE")
 
     sched = sub.add_parser(
         "schedule",
@@ -373,16 +389,14 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from archiver.app import open_store
-    from archiver.core.layout import Layout
+def _trusted_keys(settings: config_mod.Settings, extra: Sequence[str]) -> list[Any]:
+    """The public keys to trust: given files, signing.public_key_files, and the
+    configured signing key's own."""
     from archiver.core.signing import Signer, SigningKeyError, Verifier
-    from archiver.verify import VerifyScope, run_verify
 
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
     trusted: list[Verifier] = []
-    for path in [*args.public_key, *settings.signing.public_key_files]:
+    paths: list[str | Path] = [*extra, *settings.signing.public_key_files]
+    for path in paths:
         try:
             trusted.append(Verifier.from_pem(Path(path).read_bytes()))
         except OSError as exc:
@@ -398,8 +412,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise ConfigError(str(exc), key="signing.key_file") from None
     if not trusted:
         raise ConfigError(
-            "verify needs the public key to trust: --public-key FILE or signing.public_key_files"
+            "the public key to trust is needed: --public-key FILE or signing.public_key_files"
         )
+    return trusted
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from archiver.app import open_store
+    from archiver.core.layout import Layout
+    from archiver.export import export_pass, load_identities
+    from archiver.sources.file import normalise_pass_id
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+    try:
+        pid = normalise_pass_id(args.pass_id)
+    except ValueError as exc:
+        raise ConfigError(f"--pass: {exc}") from None
+    identities = load_identities(args.identity) if args.identity else []
+    files = export_pass(
+        open_store(settings),
+        Layout(settings.storage.clean_prefix),
+        pid,
+        _trusted_keys(settings, args.public_key),
+        identities,
+        args.to,
+    )
+    for f in files:
+        print(f)
+    print(f"exported {len(files)} files of pass {pid}, each checked against its signed manifest")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from archiver.app import open_store
+    from archiver.core.layout import Layout
+    from archiver.export import load_identities
+    from archiver.verify import VerifyScope, run_verify
+
+    settings = config_mod.load(args.config)
+    _setup_logging(settings, args)
+    trusted = _trusted_keys(settings, args.public_key)
+    identities = load_identities(args.identity) if args.identity else None
     if args.sample is not None and not 0 < args.sample <= 100:
         raise ConfigError("--sample must be a percentage in (0, 100]")
     scope = VerifyScope(
@@ -417,6 +471,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         trusted,
         scope,
         require_lock=settings.object_lock.mode is not None,
+        identities=identities,
     )
     doc = report.to_json()
     structlog.get_logger("archiver.cli").info(
@@ -751,6 +806,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "export": cmd_export,
     "doctor": cmd_doctor,
     "verify": cmd_verify,
     "sync": cmd_sync,

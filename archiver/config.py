@@ -30,7 +30,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from archiver.errors import ConfigError
 
@@ -207,6 +215,26 @@ class ObjectLockSettings(_Section):
     retain_days: int = Field(default=2555, ge=1, le=36_500)
 
 
+class ClientSideEncryptionSettings(_Section):
+    """End-to-end encryption: images and records are encrypted to these age X25519
+    recipients before upload; the archiver itself holds no key that can read them."""
+
+    recipients: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _valid_recipients(self) -> ClientSideEncryptionSettings:
+        from pyrage import x25519
+
+        for n, r in enumerate(self.recipients):
+            try:
+                x25519.Recipient.from_str(r)
+            except Exception:
+                raise ValueError(
+                    f"recipients[{n}] is not an age X25519 recipient (age1...)"
+                ) from None
+        return self
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -224,11 +252,12 @@ class MetricsSettings(_Section):
     # Write a node-exporter textfile (atomically) after each run; must end in .prom.
     textfile_path: Path | None = None
 
-    @model_validator(mode="after")
-    def _prom_suffix(self) -> MetricsSettings:
-        if self.textfile_path is not None and self.textfile_path.suffix != ".prom":
-            raise ValueError("textfile_path must end in .prom (node-exporter reads only those)")
-        return self
+    @field_validator("textfile_path")
+    @classmethod
+    def _prom_suffix(cls, path: Path | None) -> Path | None:
+        if path is not None and path.suffix != ".prom":
+            raise ValueError("must end in .prom (node-exporter reads only those)")
+        return path
 
 
 class Settings(_Section):
@@ -242,6 +271,7 @@ class Settings(_Section):
     sources: tuple[SourceSettings, ...] = ()
     signing: SigningSettings = SigningSettings()
     object_lock: ObjectLockSettings = ObjectLockSettings()
+    client_side_encryption: ClientSideEncryptionSettings = ClientSideEncryptionSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
     source_path: Path | None = Field(default=None, exclude=True)

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import orjson
+import pyrage
 import structlog
 
 from archiver import __version__
@@ -219,6 +220,8 @@ class Pipeline:
         self._systemic: str | None = None
         # What a details read taught us about a pass, saved with its outcome.
         self._learned: dict[str, dict[str, Any]] = {}
+        # age X25519 recipients: images and records are encrypted to them before upload.
+        self.age_recipients: list[Any] = []
         # (key_ref, pass_id) -> cipher key, for keys kept in their source (blocking).
         self.key_lookup: Callable[[str, str], str | None] | None = None
         # Called after each pass (progress reporting); must be cheap.
@@ -693,9 +696,26 @@ class Pipeline:
         pid = entry.pass_id
         d = read.details
         lay = self.layout
+        age = self.age_recipients
+        record_bytes = orjson.dumps(read.record, option=orjson.OPT_SORT_KEYS)
+        record_sha = sha256_hex(record_bytes)
+
+        async def store(
+            key: str, data: bytes, sha: str, ctype: str, *, adopt: bool = False
+        ) -> tuple[PutResult, str | None, int | None]:
+            """Put one object; with age recipients, its age ciphertext (the plaintext
+            hash and size are returned for the manifest)."""
+            if not age:
+                return await self._put(pid, key, data, sha, ctype, adopt=adopt), None, None
+            sealed: bytes = await self._io(pyrage.encrypt, data, age)
+            # age output is randomised: a crashed attempt's object is adopted as it is.
+            res = await self._put(
+                pid, key + AGE_SUFFIX, sealed, sha256_hex(sealed), AGE_TYPE, adopt=True
+            )
+            return res, sha, len(data)
+
         image_puts = [
-            self._put(
-                pid,
+            store(
                 lay.sealed_image(pid, img.slot) if img.sealed else lay.image(pid, img.slot),
                 img.data,
                 img.sha256,
@@ -703,27 +723,19 @@ class Pipeline:
             )
             for img in images
         ]
-        record_bytes = orjson.dumps(read.record, option=orjson.OPT_SORT_KEYS)
-        record_put = self._put(
-            pid,
-            lay.record(pid),
-            record_bytes,
-            sha256_hex(record_bytes),
-            RECORD_TYPE,
-            adopt=True,
-        )
-        results: list[PutResult] = await asyncio.gather(*image_puts, record_put)
-        image_results, record_result = results[:-1], results[-1]
+        record_put = store(lay.record(pid), record_bytes, record_sha, RECORD_TYPE, adopt=True)
+        results = await asyncio.gather(*image_puts, record_put)
+        image_results, (record_result, record_plain, record_size) = results[:-1], results[-1]
 
         entries: list[mf.ObjectEntry] = []
-        for img, res in zip(images, image_results, strict=True):
+        for img, (res, plain_sha, plain_size) in zip(images, image_results, strict=True):
             entries.append(
                 mf.ObjectEntry(
                     role="image",
                     key=res.key,
-                    size=img.size,
-                    sha256=img.sha256,
-                    content_type=SIG_TYPE if img.sealed else "image/jpeg",
+                    size=res.size,
+                    sha256=res.sha256,
+                    content_type=AGE_TYPE if age else SIG_TYPE if img.sealed else "image/jpeg",
                     version_id=res.version_id,
                     slot=img.slot,
                     width=None if img.sealed else img.width,
@@ -731,9 +743,17 @@ class Pipeline:
                     payload=crypto.MARKER_VALUE if img.sealed else None,
                     retain_until=res.retain_until,
                     lock_mode=res.lock_mode,
+                    plaintext_sha256=plain_sha,
+                    plaintext_size=plain_size,
                 )
             )
-        entries.append(_entry("record", record_result, RECORD_TYPE))
+        entries.append(
+            dataclasses.replace(
+                _entry("record", record_result, AGE_TYPE if age else RECORD_TYPE),
+                plaintext_sha256=record_plain,
+                plaintext_size=record_size,
+            )
+        )
         sums = mf.sha256sums([(lay.relative(pid, e.key), e.sha256) for e in entries])
         sums_res = await self._put(
             pid, lay.sums(pid), sums, sha256_hex(sums), SUMS_TYPE, adopt=True
@@ -758,6 +778,7 @@ class Pipeline:
             sse=self.opt.sse,
             kms_key_id=self.opt.kms_key_id,
             signing_key_id=self.signer.key_id,
+            age_recipients=[str(r) for r in age],
         )
         data, digest = mf.manifest_bytes(doc)
         mkey = lay.manifest(pid)
@@ -784,8 +805,9 @@ class Pipeline:
                 raise
             log.warning("manifest_committed_by_another_worker", key=mkey)
             return existing
-        written = sum(1 for r in [*results, sums_res] if not r.reused) + 2
-        reused = sum(1 for r in [*results, sums_res] if r.reused)
+        puts = [r for r, _, _ in results] + [sums_res]
+        written = sum(1 for r in puts if not r.reused) + 2
+        reused = sum(1 for r in puts if r.reused)
         return PassResult(
             pid,
             Outcome.ARCHIVED,
@@ -802,6 +824,8 @@ class Pipeline:
 RECORD_TYPE = "application/json"
 SUMS_TYPE = "text/plain; charset=us-ascii"
 SIG_TYPE = "application/octet-stream"
+AGE_TYPE = "application/age-encryption"
+AGE_SUFFIX = ".age"
 SIG_SUFFIX = ".sig"
 
 

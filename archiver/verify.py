@@ -98,7 +98,9 @@ class ArchiveChecker:
         trusted: list[Verifier],
         *,
         require_lock: bool = False,
+        identities: list[Any] | None = None,
     ) -> None:
+        self.identities = identities or []
         self.store = store
         self.layout = layout
         self.trusted = {v.key_id: v for v in trusted}
@@ -197,6 +199,20 @@ class ArchiveChecker:
             self.report.bytes_hashed += len(body)
             if hashlib.sha256(body).hexdigest() != entry["sha256"]:
                 self._find("altered", key, "content hash differs from the manifest", pass_id)
+            elif self.identities and entry.get("plaintext_sha256"):
+                self._check_plaintext(entry, body, pass_id)
+
+    def _check_plaintext(self, entry: dict[str, Any], body: bytes, pass_id: str) -> None:
+        """Client-side encryption: decrypt with the auditor's identity and hash again."""
+        import pyrage
+
+        try:
+            plain = pyrage.decrypt(body, self.identities)
+        except Exception:
+            self._find("undecryptable", entry["key"], "no given identity opens it", pass_id)
+            return
+        if hashlib.sha256(plain).hexdigest() != entry["plaintext_sha256"]:
+            self._find("altered", entry["key"], "decrypted content differs", pass_id)
 
     # -- whole archive ------------------------------------------------------------
 
@@ -278,8 +294,9 @@ def run_verify(
     scope: VerifyScope,
     *,
     require_lock: bool = False,
+    identities: list[Any] | None = None,
 ) -> VerifyReport:
-    v = ArchiveChecker(store, layout, trusted, require_lock=require_lock)
+    v = ArchiveChecker(store, layout, trusted, require_lock=require_lock, identities=identities)
     if scope.pass_id is not None:
         v.check_pass(scope.pass_id, deep=scope.deep)
         return v.report

