@@ -22,6 +22,7 @@ Only this module reads ``os.environ`` (through the mapping passed to :func:`load
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -47,7 +48,8 @@ CONFIG_ENV = "IDPASS_ARCHIVER_CONFIG"
 TOKEN_ENV = "IDPASS_ARCHIVER_API_TOKEN"  # noqa: S105 - a variable name, not a secret
 CATALOG_KEY_ENV = "IDPASS_ARCHIVER_CATALOG_KEY"
 SIGNING_KEY_ENV = "IDPASS_ARCHIVER_SIGNING_KEY"
-_SECRET_ENV = {CONFIG_ENV, TOKEN_ENV, CATALOG_KEY_ENV, SIGNING_KEY_ENV}
+SSE_C_KEY_ENV = "IDPASS_ARCHIVER_SSE_CUSTOMER_KEY"
+_SECRET_ENV = {CONFIG_ENV, TOKEN_ENV, CATALOG_KEY_ENV, SIGNING_KEY_ENV, SSE_C_KEY_ENV}
 
 
 class _Section(BaseModel):
@@ -78,8 +80,12 @@ class StorageSettings(_Section):
     prefix: str = Field(default="idpass", pattern=r"^[A-Za-z0-9!_.*'()\-/]*$")
     endpoint_url: str | None = None
     region: str = "ap-southeast-2"
-    sse: Literal["aws:kms", "AES256"] = "aws:kms"
+    sse: Literal["aws:kms", "AES256", "SSE-C"] = "aws:kms"
     kms_key_id: str | None = None
+    # SSE-C: a file holding the customer key (Base64 of 32 random bytes), or
+    # $IDPASS_ARCHIVER_SSE_CUSTOMER_KEY. verify and export need it too.
+    sse_customer_key_file: Path | None = None
+    sse_customer_key: SecretStr | None = Field(default=None, exclude=True)
     max_pool_connections: int = Field(default=32, ge=1, le=1024)
     upload_threads: int = Field(default=16, ge=1, le=256)
     verify_tls: bool = True
@@ -482,12 +488,35 @@ def from_mapping(
     if settings.catalog.url_file:
         catalog_url = _read_secret_file(settings.catalog.url_file, "catalog.url_file")
     sources = _resolve_sources(settings.sources, env, have_catalog_key=bool(catalog_key))
+    sse_c = env.get(SSE_C_KEY_ENV)
+    if not sse_c and settings.storage.sse_customer_key_file:
+        sse_c = _read_secret_file(
+            settings.storage.sse_customer_key_file, "storage.sse_customer_key_file"
+        )
+    if settings.storage.sse == "SSE-C":
+        if not sse_c:
+            raise ConfigError(
+                f"sse = 'SSE-C' needs a customer key: storage.sse_customer_key_file or "
+                f"{SSE_C_KEY_ENV}",
+                key="storage.sse_customer_key_file",
+            )
+        try:
+            if len(base64.b64decode(sse_c, validate=True)) != 32:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(
+                "the SSE-C key must be Base64 of 32 bytes (`openssl rand -base64 32`)",
+                key="storage.sse_customer_key_file",
+            ) from None
     signing_key = env.get(SIGNING_KEY_ENV)
     if not signing_key and settings.signing.key_file:
         signing_key = _read_secret_file(settings.signing.key_file, "signing.key_file")
     return settings.model_copy(
         update={
             "sources": sources,
+            "storage": settings.storage.model_copy(
+                update={"sse_customer_key": SecretStr(sse_c) if sse_c else None}
+            ),
             "signing": settings.signing.model_copy(
                 update={"key": SecretStr(signing_key) if signing_key else None}
             ),

@@ -2,6 +2,11 @@
 
 Prints one JSON line ``{"url": ...}`` to stdout once the server answers, then
 serves until SIGTERM or SIGINT, and exits 0 after a clean shutdown.
+
+``--fault-rates JSON`` starts it injecting random faults, as ``POST
+/_sandbox/fault-rates`` would, e.g.
+``--fault-rates '{"rates": {"503": 0.05, "429": 0.05, "drop": 0.02}, "seed": 7}'``
+(without a ``seed`` there, ``--seed`` seeds the draws too).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from types import FrameType
 
 import orjson
 
+from archiver.sandbox import validate
 from archiver.sandbox.server import SandboxServer
-from archiver.sandbox.state import SandboxState
+from archiver.sandbox.state import FaultRates, SandboxError, SandboxState
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,7 +33,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
     parser.add_argument("--token", required=True, help="the bearer token clients must send")
     parser.add_argument("--seed", type=int, default=None, help="make pass ids reproducible")
+    parser.add_argument(
+        "--fault-rates",
+        metavar="JSON",
+        default=None,
+        help='random faults, e.g. \'{"rates": {"503": 0.05, "drop": 0.02}, "seed": 7}\' '
+        "(kinds: 429 500 503 latency drop invalid_base64 truncated_base64 not_jpeg "
+        "wrong_content_type html_error invalid_json; see POST /_sandbox/fault-rates)",
+    )
     args = parser.parse_args(argv)
+    rates: FaultRates | None = None
+    if args.fault_rates is not None:
+        try:
+            body = validate.read_object(args.fault_rates.encode())
+            if "seed" not in body and args.seed is not None:
+                body["seed"] = args.seed
+            rates = validate.parse_fault_rates(body)
+        except SandboxError as exc:
+            parser.error(f"--fault-rates: {exc.message}")
 
     stop = threading.Event()
 
@@ -37,9 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
 
-    server = SandboxServer(
-        args.token, host=args.host, port=args.port, state=SandboxState(seed=args.seed)
-    )
+    state = SandboxState(seed=args.seed)
+    state.set_fault_rates(rates)
+    server = SandboxServer(args.token, host=args.host, port=args.port, state=state)
     try:
         server.start()
     except RuntimeError as exc:

@@ -9,18 +9,25 @@ Public (all ``POST``, JSON): ``/idpass/register``, ``/idpass/details``,
 ``POST /_sandbox/passes/{id}/complete``, ``POST /_sandbox/passes/{id}/status``,
 ``GET /_sandbox/passes/{id}/images/{slot}``, ``GET|POST /_sandbox/clock``,
 ``GET /_sandbox/ledger`` (NDJSON), ``GET /_sandbox/pii``, ``POST /_sandbox/reset``,
-``GET|POST|DELETE /_sandbox/faults`` (see :class:`~archiver.sandbox.state.Fault`).
+``GET|POST|DELETE /_sandbox/faults`` (counted faults, see
+:class:`~archiver.sandbox.state.Fault`) and ``GET|POST|DELETE /_sandbox/fault-rates``
+(random faults drawn with seeded probabilities, see
+:class:`~archiver.sandbox.state.FaultRates`; ``GET`` also counts what was injected).
+A counted fault that matches a call is used first; otherwise the call draws from the
+rates.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import anyio
 import orjson
+import pybase64
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -37,6 +44,7 @@ from archiver.sandbox import images as sandbox_images
 from archiver.sandbox import validate
 from archiver.sandbox.details import build_details
 from archiver.sandbox.state import (
+    IMAGE_KINDS,
     Fault,
     PassRecord,
     SandboxError,
@@ -57,6 +65,74 @@ def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> Response:
     return json_response({"error": {"code": code, "message": message}}, status, headers)
+
+
+class DroppedConnection(Exception):
+    """Raised by :class:`DroppingResponse` after part of the body went out: the server
+    (uvicorn) then closes the connection, so the client reads a short body."""
+
+
+class _HtmlError(Exception):
+    """An injected ``html_error``: answered with a gateway's HTML 502 page."""
+
+
+class _QuietDrops(logging.Filter):
+    """Keep uvicorn from logging a traceback for every injected dropped connection."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, DroppedConnection)
+
+
+_QUIET_DROPS = _QuietDrops()
+
+
+class DroppingResponse(Response):
+    """Headers announcing the whole body (``Content-Length``), then only the first
+    ``keep`` bytes of it, then the connection is closed: a connection dropped mid-body."""
+
+    def __init__(self, body: bytes, *, status_code: int, media_type: str, keep: int) -> None:
+        super().__init__(body, status_code=status_code, media_type=media_type)
+        self.keep = max(0, min(keep, len(body) - 1))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send(
+            {"type": "http.response.body", "body": bytes(self.body[: self.keep]), "more_body": True}
+        )
+        raise DroppedConnection("connection dropped mid-body (injected fault)")
+
+
+HTML_ERROR_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+    b"<body><h1>502 Bad Gateway</h1><p>The upstream server is not answering.</p>"
+    b"<hr><address>sandbox-gateway</address></body></html>\n"
+)
+
+
+def _spoil_image(doc: dict[str, Any], kind: str, *, encrypted: bool) -> None:
+    """Spoil the first image of a details document in place (``invalid_base64``,
+    ``truncated_base64`` or ``not_jpeg``). Before encryption for ``not_jpeg`` (the
+    PNG is encrypted like a JPEG would be); on the text that travels otherwise."""
+    images = doc.get("images")
+    if not isinstance(images, dict):
+        return
+    slot = next((k for k, v in images.items() if isinstance(v, str) and v), None)
+    if slot is None:
+        return
+    text: str = images[slot]
+    if kind == "not_jpeg":
+        if not encrypted:
+            images[slot] = pybase64.b64encode(sandbox_images.not_a_jpeg()).decode("ascii")
+        return
+    if kind == "invalid_base64":
+        half = len(text) // 2
+        images[slot] = text[:half] + "*%$!" + text[half + 4 :]
+    elif kind == "truncated_base64":
+        cut = len(text) // 2
+        images[slot] = text[: cut - cut % 4 + 2]
 
 
 class BearerAuth:
@@ -95,11 +171,19 @@ def _admin_view(record: PassRecord) -> dict[str, Any]:
 
 
 def _details_body(
-    record: PassRecord, state: SandboxState, flags: dict[str, bool], encrypt: bool, corrupt: bool
+    record: PassRecord,
+    state: SandboxState,
+    flags: dict[str, bool],
+    encrypt: bool,
+    image_fault: str | None,
 ) -> bytes:
-    doc = build_details(record, state.now(), corrupt_image=corrupt, **flags)
+    doc = build_details(record, state.now(), corrupt_image=image_fault == "corrupt_image", **flags)
+    if image_fault == "not_jpeg":
+        _spoil_image(doc, image_fault, encrypted=False)
     if encrypt:
         doc = crypto.encrypt_response(doc, record.cipher_key)
+    if image_fault in ("invalid_base64", "truncated_base64"):
+        _spoil_image(doc, image_fault, encrypted=encrypt)
     return orjson.dumps(doc)
 
 
@@ -110,8 +194,10 @@ class _Endpoints:
     # --- faults ----------------------------------------------------------------
 
     async def _fault(self, request: Request, pass_id: str | None) -> Fault | None:
-        """Take the injected fault for this call: raise it, sleep it, or hand it back."""
-        fault = self.state.take_fault(request.url.path, pass_id)
+        """Take the injected fault for this call (a counted one, else a random draw):
+        raise it, sleep it, or hand it back to be applied to the response."""
+        path = request.url.path
+        fault = self.state.take_fault(path, pass_id) or self.state.draw_fault(path)
         if fault is None:
             return None
         if fault.kind == "delay":
@@ -124,12 +210,28 @@ class _Endpoints:
                 headers["Retry-After"] = f"{fault.retry_after:g}"
             code = "rate_limited" if status == 429 else "injected_fault"
             raise SandboxError(status, code, "injected by the sandbox", headers)
+        if fault.kind == "html_error":
+            raise _HtmlError()
         return fault
 
     @staticmethod
-    def _truncate(response: Response, fault: Fault | None) -> Response:
-        if fault is not None and fault.kind == "truncated":
-            return Response(response.body[: len(response.body) // 2], media_type=JSON)
+    def _finish(response: Response, fault: Fault | None) -> Response:
+        """Apply a fault that spoils the response itself (image faults are applied
+        while the details document is built)."""
+        if fault is None or fault.kind in IMAGE_KINDS:
+            return response
+        body = bytes(response.body)
+        if fault.kind == "truncated":
+            return Response(body[: len(body) // 2], media_type=JSON)
+        if fault.kind == "drop":
+            return DroppingResponse(
+                body, status_code=response.status_code, media_type=JSON, keep=len(body) // 2
+            )
+        if fault.kind == "wrong_content_type":
+            return Response(body, media_type="text/plain; charset=utf-8")
+        if fault.kind == "invalid_json":
+            # what a server that writes NaN into its JSON would send
+            return Response(b'{"error_rate": NaN, ' + body[1:], media_type=JSON)
         return response
 
     # --- public routes ---------------------------------------------------------
@@ -146,7 +248,7 @@ class _Endpoints:
             "link": f"{base}/flow/{record.id}",
             "api_reference": record.api_reference,
         }
-        return self._truncate(json_response(doc), fault)
+        return self._finish(json_response(doc), fault)
 
     async def details(self, request: Request) -> Response:
         body = validate.read_object(await request.body())
@@ -164,11 +266,11 @@ class _Endpoints:
             cipher_key.encode(), record.cipher_key.encode()
         ):
             raise SandboxError(400, "cipher_key_mismatch", "cipher_key does not match this pass")
-        corrupt = fault is not None and fault.kind == "corrupt_image"
+        image_fault = fault.kind if fault is not None and fault.kind in IMAGE_KINDS else None
         payload = await run_in_threadpool(
-            _details_body, record, self.state, flags, cipher_key is None, corrupt
+            _details_body, record, self.state, flags, cipher_key is None, image_fault
         )
-        return self._truncate(Response(payload, media_type=JSON), fault)
+        return self._finish(Response(payload, media_type=JSON), fault)
 
     async def cancel(self, request: Request) -> Response:
         body = validate.read_object(await request.body())
@@ -176,7 +278,7 @@ class _Endpoints:
         fault = await self._fault(request, pass_id)
         self.state.cancel(pass_id)
         doc = {"status": "cancelled", "fee_refunded": True, "api_reference": str(uuid.uuid4())}
-        return self._truncate(json_response(doc), fault)
+        return self._finish(json_response(doc), fault)
 
     # --- admin routes ----------------------------------------------------------
 
@@ -258,6 +360,15 @@ class _Endpoints:
             self.state.clear_faults()
         return json_response({"faults": [f.as_dict() for f in self.state.faults()]})
 
+    async def fault_rates(self, request: Request) -> Response:
+        if request.method == "POST":
+            body = validate.read_object(await request.body())
+            self.state.set_fault_rates(validate.parse_fault_rates(body))
+        elif request.method == "DELETE":
+            self.state.set_fault_rates(None)
+        return json_response(self.state.fault_rates())
+
+
 
 async def _on_sandbox_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SandboxError)
@@ -268,6 +379,10 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _on_html_error(request: Request, exc: Exception) -> Response:
+    return Response(HTML_ERROR_PAGE, status_code=502, media_type="text/html; charset=utf-8")
 
 
 async def _on_crash(request: Request, exc: Exception) -> Response:
@@ -292,16 +407,19 @@ def create_app(state: SandboxState, *, token: str) -> Starlette:
         Route("/_sandbox/pii", ep.pii, methods=["GET"]),
         Route("/_sandbox/reset", ep.reset, methods=["POST"]),
         Route("/_sandbox/faults", ep.faults, methods=["GET", "POST", "DELETE"]),
+        Route("/_sandbox/fault-rates", ep.fault_rates, methods=["GET", "POST", "DELETE"]),
     ]
+    logging.getLogger("uvicorn.error").addFilter(_QUIET_DROPS)
     return Starlette(
         routes=routes,
         middleware=[Middleware(BearerAuth, token=token)],
         exception_handlers={
             SandboxError: _on_sandbox_error,
+            _HtmlError: _on_html_error,
             HTTPException: _on_http_error,
             Exception: _on_crash,
         },
     )
 
 
-__all__ = ["BearerAuth", "create_app", "error_response"]
+__all__ = ["BearerAuth", "DroppedConnection", "DroppingResponse", "create_app", "error_response"]

@@ -124,3 +124,10 @@ def image_for(pass_id: str, slot: str) -> bytes:
     digest = hashlib.blake2b(f"{pass_id}:{slot}".encode(), digest_size=4).digest()
     chosen = candidates[int.from_bytes(digest, "big") % len(candidates)]
     return with_comment(chosen.jpeg, f"sandbox:{pass_id}:{slot}", chosen.insert_at)
+
+
+def not_a_jpeg() -> bytes:
+    """A small, valid PNG: served where a JPEG was expected (the ``not_jpeg`` fault)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()

@@ -148,8 +148,14 @@ class Fault:
 
     ``kind`` is ``status`` (answer ``status`` with an error body, plus
     ``Retry-After: retry_after`` when set), ``truncated`` (cut the JSON body in half),
-    ``corrupt_image`` (truncate the first image's JPEG before encoding) or ``delay``
-    (sleep ``seconds`` before answering normally).
+    ``corrupt_image`` (truncate the first image's JPEG before encoding), ``delay``
+    (sleep ``seconds`` before answering normally), or one of the kinds that
+    :class:`FaultRates` also draws: ``drop`` (send the headers and part of the body,
+    then close the connection), ``invalid_base64`` / ``truncated_base64`` /
+    ``not_jpeg`` (spoil the first image: a character outside the alphabet, cut to a
+    length that is not a multiple of 4, or a PNG in its place), ``wrong_content_type``
+    (the right JSON as ``text/plain``), ``html_error`` (a 502 HTML page, as a gateway
+    would send) or ``invalid_json`` (a 200 whose JSON body does not parse).
     """
 
     kind: str
@@ -174,6 +180,73 @@ class Fault:
             "seconds": self.seconds,
             "path": self.path,
             "pass_id": self.pass_id,
+        }
+
+
+#: What :class:`FaultRates` can draw, as its ``rates`` keys. ``"429"``, ``"500"`` and
+#: ``"503"`` answer that status (429 with ``Retry-After``); ``latency`` sleeps and then
+#: answers normally; the others are :class:`Fault` kinds of the same name.
+RATE_KINDS: tuple[str, ...] = (
+    "429",
+    "500",
+    "503",
+    "latency",
+    "drop",
+    "invalid_base64",
+    "truncated_base64",
+    "not_jpeg",
+    "wrong_content_type",
+    "html_error",
+    "invalid_json",
+)
+#: Kinds that only make sense on a response carrying images (``/idpass/details``).
+IMAGE_KINDS = frozenset({"invalid_base64", "truncated_base64", "not_jpeg", "corrupt_image"})
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRates:
+    """Random faults: each public call (on ``paths``, or any) draws at most one kind,
+    with the probabilities in ``rates`` (their sum is at most 1), from an RNG seeded
+    with ``seed``, so a sequence of calls sees a reproducible sequence of faults.
+    ``latency_seconds`` is the range a ``latency`` sleep is drawn from;
+    ``retry_after`` is the ``Retry-After`` of a 429 (None: no header).
+    """
+
+    rates: Mapping[str, float]
+    seed: int | None = None
+    latency_seconds: tuple[float, float] = (1.0, 1.0)
+    retry_after: float | None = 1.0
+    paths: tuple[str, ...] | None = None
+
+    def applies_to(self, path: str) -> bool:
+        return self.paths is None or path in self.paths
+
+    def draw(self, rng: random.Random) -> tuple[str, Fault] | None:
+        """One call's fault (or None) and the name of its kind, drawn from ``rng``."""
+        roll = rng.random()
+        for kind in RATE_KINDS:
+            p = self.rates.get(kind, 0.0)
+            if roll < p:
+                return kind, self._fault(kind, rng)
+            roll -= p
+        return None
+
+    def _fault(self, kind: str, rng: random.Random) -> Fault:
+        if kind in ("429", "500", "503"):
+            retry_after = self.retry_after if kind == "429" else None
+            return Fault(kind="status", status=int(kind), retry_after=retry_after)
+        if kind == "latency":
+            lo, hi = self.latency_seconds
+            return Fault(kind="delay", seconds=rng.uniform(lo, hi))
+        return Fault(kind=kind)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rates": {k: self.rates[k] for k in RATE_KINDS if k in self.rates},
+            "seed": self.seed,
+            "latency_seconds": list(self.latency_seconds),
+            "retry_after": self.retry_after,
+            "paths": list(self.paths) if self.paths is not None else None,
         }
 
 
@@ -276,6 +349,10 @@ class SandboxState:
         self._lock = threading.Lock()
         self._passes: dict[str, PassRecord] = {}
         self._faults: list[Fault] = []
+        self._rates: FaultRates | None = None
+        self._rates_rng = random.Random()
+        self._rate_calls = 0
+        self._rate_injected: dict[str, int] = {}
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -490,8 +567,43 @@ class SandboxState:
                     return fault
         return None
 
+    def set_fault_rates(self, rates: FaultRates | None) -> None:
+        """Start drawing random faults with ``rates`` (None: stop); the RNG is seeded
+        again and the counts start from zero."""
+        with self._lock:
+            self._rates = rates
+            self._rates_rng = random.Random(rates.seed if rates is not None else None)
+            self._rate_calls = 0
+            self._rate_injected = {}
+
+    def fault_rates(self) -> dict[str, Any]:
+        """The random-fault settings, and how many calls drew and how many of each kind."""
+        with self._lock:
+            return {
+                "fault_rates": self._rates.as_dict() if self._rates is not None else None,
+                "calls": self._rate_calls,
+                "injected": dict(sorted(self._rate_injected.items())),
+                "faulted": sum(self._rate_injected.values()),
+            }
+
+    def draw_fault(self, path: str) -> Fault | None:
+        """The random fault for one public call on ``path``, if rates are set."""
+        with self._lock:
+            rates = self._rates
+            if rates is None or not rates.applies_to(path):
+                return None
+            self._rate_calls += 1
+            drawn = rates.draw(self._rates_rng)
+            if drawn is None:
+                return None
+            kind, fault = drawn
+            self._rate_injected[kind] = self._rate_injected.get(kind, 0) + 1
+            return fault
+
     def reset(self) -> None:
-        """Forget every pass and fault; an :class:`OffsetClock` goes back to real time."""
+        """Forget every pass and fault (counted and random); an :class:`OffsetClock`
+        goes back to real time."""
+        self.set_fault_rates(None)
         with self._lock:
             self._passes.clear()
             self._faults.clear()
@@ -502,7 +614,10 @@ class SandboxState:
 
 __all__ = [
     "DEFAULT_SLOTS",
+    "IMAGE_KINDS",
+    "RATE_KINDS",
     "Fault",
+    "FaultRates",
     "OffsetClock",
     "PassRecord",
     "SandboxError",

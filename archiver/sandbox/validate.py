@@ -15,12 +15,24 @@ import orjson
 
 from archiver.idpass.models import SLOTS, STATUSES
 from archiver.sandbox.people import DOCUMENT_TYPES
-from archiver.sandbox.state import Fault, SandboxError
+from archiver.sandbox.state import RATE_KINDS, Fault, FaultRates, SandboxError
 
 DOCUMENT_VERIFICATIONS = ("dvs", "basic", "idsp")
 WEBHOOK_EVENTS = ("opened", "in_progress", "complete", "expired", "failed", "cancelled")
 IDENTITY_FIELDS = ("first_name", "middle_name", "last_name", "date_of_birth")
-FAULT_KINDS = ("status", "truncated", "corrupt_image", "delay")
+FAULT_KINDS = (
+    "status",
+    "truncated",
+    "corrupt_image",
+    "delay",
+    "drop",
+    "invalid_base64",
+    "truncated_base64",
+    "not_jpeg",
+    "wrong_content_type",
+    "html_error",
+    "invalid_json",
+)
 MAX_COUNT = 10_000
 
 
@@ -215,4 +227,54 @@ def parse_fault(body: dict[str, Any]) -> Fault:
         seconds=seconds,
         path=path,
         pass_id=pass_id(target, "pass_id") if target is not None else None,
+    )
+
+
+def _public_path(path: object, name: str) -> str:
+    if not isinstance(path, str) or not path.startswith("/idpass/"):
+        raise bad(name, "must be a public route such as /idpass/details")
+    return path
+
+
+def parse_fault_rates(body: dict[str, Any]) -> FaultRates:
+    """``{"rates": {kind: probability}, "seed", "latency_seconds", "retry_after",
+    "paths"}``: see :class:`~archiver.sandbox.state.FaultRates`."""
+    rates = body.get("rates")
+    if not isinstance(rates, dict) or not rates:
+        raise bad("rates", f"is required: an object of probabilities for {', '.join(RATE_KINDS)}")
+    parsed: dict[str, float] = {}
+    for kind, p in rates.items():
+        if kind not in RATE_KINDS:
+            raise bad("rates", f"unknown kind; expected one of {', '.join(RATE_KINDS)}")
+        value = opt_number(rates, kind, 0, 1)
+        if value is None:
+            raise bad(f"rates.{kind}", "must be a number between 0 and 1")
+        parsed[kind] = value
+    if sum(parsed.values()) > 1 + 1e-9:
+        raise bad("rates", "the probabilities add up to more than 1")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise bad("seed", "must be an integer")
+    latency = body.get("latency_seconds", 1.0)
+    if isinstance(latency, int | float) and not isinstance(latency, bool):
+        latency = [latency, latency]
+    if (
+        not isinstance(latency, list)
+        or len(latency) != 2
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in latency)
+        or not 0 <= latency[0] <= latency[1] <= 600
+    ):
+        raise bad("latency_seconds", "must be seconds, or [low, high], between 0 and 600")
+    retry_after = opt_number(body, "retry_after", 0, 86_400) if "retry_after" in body else 1.0
+    paths = body.get("paths")
+    if paths is not None:
+        if not isinstance(paths, list) or not paths:
+            raise bad("paths", "must be a non-empty list of public routes")
+        paths = tuple(_public_path(p, "paths") for p in paths)
+    return FaultRates(
+        rates=parsed,
+        seed=seed,
+        latency_seconds=(float(latency[0]), float(latency[1])),
+        retry_after=retry_after,
+        paths=paths,
     )

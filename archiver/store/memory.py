@@ -68,7 +68,7 @@ class MemoryStore:
     def __init__(
         self,
         *,
-        sse: Literal["aws:kms", "AES256"] = "aws:kms",
+        sse: Literal["aws:kms", "AES256", "SSE-C"] = "aws:kms",
         kms_key_id: str | None = "archive-key",
         clock: Clock | None = None,
         fault: Fault | None = None,

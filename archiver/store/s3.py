@@ -147,6 +147,14 @@ class S3Store:
             raise EncryptionRefused("sse aws:kms needs a kms_key_id")  # settings refuse it too
         self.settings = settings
         self.bucket = settings.bucket
+        self._sse_c: dict[str, Any] = {}
+        if settings.sse == "SSE-C":
+            if settings.sse_customer_key is None:
+                raise EncryptionRefused("sse SSE-C needs a customer key")
+            self._sse_c = {
+                "SSECustomerAlgorithm": "AES256",
+                "SSECustomerKey": base64.b64decode(settings.sse_customer_key.get_secret_value()),
+            }
         config_args: dict[str, Any] = {
             "region_name": settings.region,
             "max_pool_connections": settings.max_pool_connections,
@@ -196,8 +204,11 @@ class S3Store:
             "Body": data,
             "ContentType": content_type,
             "ChecksumSHA256": _b64_digest(sha256),
-            "ServerSideEncryption": self.settings.sse,
         }
+        if self._sse_c:
+            request.update(self._sse_c)  # type: ignore[typeddict-item]
+        else:
+            request["ServerSideEncryption"] = self.settings.sse  # type: ignore[typeddict-item]
         if not overwrite:
             request["IfNoneMatch"] = "*"
         if self.settings.sse == "aws:kms" and self.settings.kms_key_id:
@@ -217,7 +228,11 @@ class S3Store:
                 continue  # the object vanished between the refusal and our HEAD: try again
             except Exception as exc:
                 self._raise(exc, "put", key)
-            got = resp.get("ServerSideEncryption")
+            got = (
+                "SSE-C"
+                if resp.get("SSECustomerAlgorithm") == "AES256"
+                else resp.get("ServerSideEncryption")
+            )
             if got != self.settings.sse:
                 raise EncryptionRefused(
                     f"S3 put {self.bucket}/{key}: the server reported encryption "
@@ -247,6 +262,7 @@ class S3Store:
         }
         if version_id:
             request["VersionId"] = version_id
+        request.update(self._sse_c)  # type: ignore[typeddict-item]
         try:
             resp = self._client.head_object(**request)
         except bex.ClientError as exc:
@@ -259,7 +275,11 @@ class S3Store:
             key=key,
             size=resp["ContentLength"],
             sha256=_hex_digest(resp.get("ChecksumSHA256"), resp.get("ChecksumType")),
-            encryption=resp.get("ServerSideEncryption"),
+            encryption=(
+                "SSE-C"
+                if resp.get("SSECustomerAlgorithm") == "AES256"
+                else resp.get("ServerSideEncryption")
+            ),
             kms_key_id=resp.get("SSEKMSKeyId"),
             version_id=resp.get("VersionId"),
             content_type=resp.get("ContentType"),
@@ -277,6 +297,7 @@ class S3Store:
         }
         if version_id:
             request["VersionId"] = version_id
+        request.update(self._sse_c)  # type: ignore[typeddict-item]
         try:
             resp = self._client.get_object(**request)
             body = resp["Body"]
