@@ -6,6 +6,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 
 from archiver.catalog import Outcome, OutcomeUpdate
 from archiver.core import manifest as mf
@@ -228,3 +229,21 @@ def test_passthrough_archives_the_ciphertext_as_received(harness):
         assert crypto.decrypt_value(raw_key, token) == harness.image(p["id"], o["slot"])
     record = orjson.loads(harness.store.get(harness.layout.record(p["id"])))
     assert record["payload_encryption"] == "aes-256-gcm"
+
+
+@pytest.mark.parametrize(
+    ("mode", "fragment"),
+    [("local", "wrong cipher key"), ("server", "cipher_key_mismatch")],
+)
+def test_wrong_cipher_key_fails_the_pass_cleanly(harness, mode, fragment):
+    """A wrong key gives that pass `failed` with a clear reason and writes nothing."""
+    from archiver.catalog import PassUpsert
+    from archiver.idpass import crypto
+
+    [p] = harness.seed(image_retention_days=5)
+    harness.catalog.upsert([PassUpsert(p["id"], "test", cipher_key=crypto.new_key())])
+    harness.options = dataclasses.replace(harness.options, decryption=mode)
+    [result] = harness.run().results
+    assert result.outcome is Outcome.FAILED
+    assert fragment in result.reason
+    assert list(harness.store.list(harness.layout.pass_dir(p["id"]))) == []
