@@ -137,6 +137,17 @@ class RunSummary:
     # what each configured source contributed before the run (SourceReport.to_json())
     sources: list[dict[str, Any]] = field(default_factory=list)
     run_manifest_key: str | None = None
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def add(self, result: PassResult) -> None:
+        """Record a pass's result; a pass handled twice in one run (a retry that came
+        due again) keeps its last result only."""
+        at = self._index.get(result.pass_id)
+        if at is not None and at < len(self.results) and self.results[at].pass_id == result.pass_id:
+            self.results[at] = result
+            return
+        self._index[result.pass_id] = len(self.results)
+        self.results.append(result)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -150,7 +161,7 @@ class RunSummary:
             return EXIT_SYSTEMIC
         if counts["expired"]:
             return EXIT_EXPIRED
-        if counts["failed"] or counts["retry"]:
+        if counts["failed"] or counts["retry"] or self.stopped_early:
             return EXIT_INCOMPLETE
         return EXIT_OK
 
@@ -348,7 +359,7 @@ class Pipeline:
                 finally:
                     self._inflight.discard(task)
                 if result is not None:
-                    summary.results.append(result)
+                    summary.add(result)
                     unprocessed.discard(entry.pass_id)
                     if self.on_result is not None:
                         self.on_result(result)
@@ -357,13 +368,11 @@ class Pipeline:
             expired, gone = self.catalog.close_overdue(self.clock.now())
             for pid in expired:
                 log.warning("pass_expired", pass_id=pid)
-                summary.results.append(
+                summary.add(
                     PassResult(pid, Outcome.EXPIRED, "retention window closed before archival")
                 )
             for pid in gone:
-                summary.results.append(
-                    PassResult(pid, Outcome.NO_IMAGES, "image_retention_days is 0")
-                )
+                summary.add(PassResult(pid, Outcome.NO_IMAGES, "image_retention_days is 0"))
 
         workers = [asyncio.create_task(worker()) for _ in range(self.opt.concurrency)]
         try:

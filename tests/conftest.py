@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.sandbox",
     "tests.fixtures.s3",
+    "tests.fixtures.s3proxy",
 ]

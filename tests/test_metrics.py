@@ -317,8 +317,9 @@ def test_cli_run_publishes_metrics(cli_config, sandbox_http, gateway, pii_watch,
     run = run_cli(["run", "--json", "--config", str(cfg)], env=env, watch=pii_watch)
     assert run.returncode == 0, run.stderr[-2000:]
     doc = json.loads(run.stdout)
-    finished = datetime.fromisoformat(doc["finished_at"].replace("Z", "+00:00")).timestamp()
-    started = datetime.fromisoformat(doc["started_at"].replace("Z", "+00:00")).timestamp()
+    finished_at = datetime.fromisoformat(doc["finished_at"].replace("Z", "+00:00"))
+    started_at = datetime.fromisoformat(doc["started_at"].replace("Z", "+00:00"))
+    finished = finished_at.timestamp()
 
     text = prom.read_text()
     pii_watch.output("metrics textfile", text)
@@ -327,9 +328,8 @@ def test_cli_run_publishes_metrics(cli_config, sandbox_http, gateway, pii_watch,
     assert got[("idpass_archiver_passes", (("mode", "run"), ("outcome", "archived")))] == 2
     assert got[("idpass_archiver_images", run_labels)] == doc["images"] == 4
     assert got[("idpass_archiver_image_bytes", run_labels)] == doc["image_bytes"] > 0
-    assert got[("idpass_archiver_run_duration_seconds", run_labels)] == pytest.approx(
-        finished - started
-    )
+    duration = (finished_at - started_at).total_seconds()
+    assert got[("idpass_archiver_run_duration_seconds", run_labels)] == duration
     assert got[("idpass_archiver_last_run_exit_code", run_labels)] == 0
     assert got[(LAST_SUCCESS, run_labels)] == finished
     ((method, path, body),) = gateway.requests

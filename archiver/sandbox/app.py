@@ -112,10 +112,11 @@ HTML_ERROR_PAGE = (
 )
 
 
-def _spoil_image(doc: dict[str, Any], kind: str, *, encrypted: bool) -> None:
-    """Spoil the first image of a details document in place (``invalid_base64``,
-    ``truncated_base64`` or ``not_jpeg``). Before encryption for ``not_jpeg`` (the
-    PNG is encrypted like a JPEG would be); on the text that travels otherwise."""
+def _spoil_image(doc: dict[str, Any], kind: str) -> None:
+    """Spoil the first image of a details document in place: ``not_jpeg`` puts a PNG
+    in its place (call it before encryption, so the PNG is encrypted like a JPEG);
+    ``invalid_base64`` and ``truncated_base64`` spoil the text that travels (call them
+    after encryption, if any)."""
     images = doc.get("images")
     if not isinstance(images, dict):
         return
@@ -124,10 +125,8 @@ def _spoil_image(doc: dict[str, Any], kind: str, *, encrypted: bool) -> None:
         return
     text: str = images[slot]
     if kind == "not_jpeg":
-        if not encrypted:
-            images[slot] = pybase64.b64encode(sandbox_images.not_a_jpeg()).decode("ascii")
-        return
-    if kind == "invalid_base64":
+        images[slot] = pybase64.b64encode(sandbox_images.not_a_jpeg()).decode("ascii")
+    elif kind == "invalid_base64":
         half = len(text) // 2
         images[slot] = text[:half] + "*%$!" + text[half + 4 :]
     elif kind == "truncated_base64":
@@ -179,11 +178,11 @@ def _details_body(
 ) -> bytes:
     doc = build_details(record, state.now(), corrupt_image=image_fault == "corrupt_image", **flags)
     if image_fault == "not_jpeg":
-        _spoil_image(doc, image_fault, encrypted=False)
+        _spoil_image(doc, image_fault)
     if encrypt:
         doc = crypto.encrypt_response(doc, record.cipher_key)
     if image_fault in ("invalid_base64", "truncated_base64"):
-        _spoil_image(doc, image_fault, encrypted=encrypt)
+        _spoil_image(doc, image_fault)
     return orjson.dumps(doc)
 
 
@@ -367,7 +366,6 @@ class _Endpoints:
         elif request.method == "DELETE":
             self.state.set_fault_rates(None)
         return json_response(self.state.fault_rates())
-
 
 
 async def _on_sandbox_error(request: Request, exc: Exception) -> Response:

@@ -243,7 +243,7 @@ def parse_fault_rates(body: dict[str, Any]) -> FaultRates:
     if not isinstance(rates, dict) or not rates:
         raise bad("rates", f"is required: an object of probabilities for {', '.join(RATE_KINDS)}")
     parsed: dict[str, float] = {}
-    for kind, p in rates.items():
+    for kind in rates:
         if kind not in RATE_KINDS:
             raise bad("rates", f"unknown kind; expected one of {', '.join(RATE_KINDS)}")
         value = opt_number(rates, kind, 0, 1)

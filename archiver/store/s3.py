@@ -159,7 +159,12 @@ class S3Store:
             "region_name": settings.region,
             "max_pool_connections": settings.max_pool_connections,
             # total_max_attempts counts the first try; botocore's "max_attempts" would not
-            "retries": {"mode": "standard", "total_max_attempts": max_attempts},
+            # "legacy" mode: exponential backoff on throttling, 5xx and connection
+            # errors, with no client-wide retry quota. "standard" mode's quota is only
+            # refilled by 2xx answers, and the archiver's normal answers include 404
+            # (no manifest yet) and 412 (object exists): in a long process the quota
+            # ran dry and retries silently stopped (found by the S3 fault proxy tests).
+            "retries": {"mode": "legacy", "total_max_attempts": max_attempts},
             "connect_timeout": settings.connect_timeout_seconds,
             "read_timeout": settings.read_timeout_seconds,
             "request_checksum_calculation": "when_required",

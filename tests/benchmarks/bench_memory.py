@@ -10,8 +10,9 @@ demo`` does), seeds passes, imports the sandbox's ledger with ``idpass-archiver
 catalog import``, and runs ``idpass-archiver run`` as a child process, once per
 workload and concurrency, each on a fresh bucket and catalog. The peak resident set
 size reported is the child's own (``wait4``'s ``ru_maxrss``: the archiver process
-only, neither the sandbox nor SeaweedFS), with its wall time, and with the Python
-start-up alone (``idpass-archiver --version``) as a baseline.
+only, neither the sandbox nor SeaweedFS), with its wall time and the CPU cores it
+used on average (CPU time / wall time), and with the Python start-up alone
+(``idpass-archiver --version``) as a baseline.
 
 Workloads: ``demo`` is the demo's 36 passes (151 images, about 50 MB); ``heavy`` is
 ``--heavy`` passes with every one of the 12 image slots present (the largest details
@@ -43,8 +44,8 @@ from archiver.sandbox.server import SandboxServer
 CLI = [sys.executable, "-m", "archiver"]
 
 
-def _child(args: list[str], env: dict[str, str]) -> tuple[int, float, float, str]:
-    """Run the CLI; return (exit code, peak RSS in MiB, seconds, stdout)."""
+def _child(args: list[str], env: dict[str, str]) -> tuple[int, float, float, float, str]:
+    """Run the CLI; return (exit code, peak RSS in MiB, seconds, CPU seconds, stdout)."""
     t0 = time.monotonic()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen([*CLI, *args], env=env, stdout=out, stderr=subprocess.DEVNULL)
@@ -52,7 +53,8 @@ def _child(args: list[str], env: dict[str, str]) -> tuple[int, float, float, str
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode()
-    return proc.returncode, usage.ru_maxrss / 1024, time.monotonic() - t0, text
+    cpu = usage.ru_utime + usage.ru_stime
+    return proc.returncode, usage.ru_maxrss / 1024, time.monotonic() - t0, cpu, text
 
 
 def _workload(
@@ -105,9 +107,9 @@ level = "warning"
             ).raise_for_status()
         ledger = work / "ledger.jsonl"
         ledger.write_bytes(admin.get("/_sandbox/ledger").content)
-    code, _, _, _ = _child(["catalog", "import", str(ledger), "--config", str(cfg)], env)
+    code, _, _, _, _ = _child(["catalog", "import", str(ledger), "--config", str(cfg)], env)
     assert code == 0, "import failed"
-    code, rss, seconds, out = _child(["run", "--json", "--config", str(cfg)], env)
+    code, rss, seconds, cpu, out = _child(["run", "--json", "--config", str(cfg)], env)
     doc = json.loads(out)
     return {
         "workload": name,
@@ -117,6 +119,7 @@ level = "warning"
         "images": doc["images"],
         "image_mb": round(doc["image_bytes"] / 1e6, 1),
         "seconds": round(seconds, 1),
+        "cpu_cores": round(cpu / seconds, 2),
         "peak_rss_mib": round(rss, 1),
     }
 
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmpdir:
         tmp = Path(tmpdir)
-        _, base_rss, _, _ = _child(["--version"], dict(os.environ))
+        _, base_rss, _, _, _ = _child(["--version"], dict(os.environ))
         print(f"python start-up (idpass-archiver --version): peak RSS {base_rss:.1f} MiB")
         access, secret = "bench" + secrets.token_hex(4), secrets.token_urlsafe(24)
         with (
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             print(
                 f"{'workload':<8} {'conc':>4} {'exit':>4} {'passes':>6} {'images':>6} "
-                f"{'MB':>7} {'s':>6} {'peak RSS MiB':>12}"
+                f"{'MB':>7} {'s':>6} {'cores':>5} {'peak RSS MiB':>12}"
             )
             for concurrency in args.concurrency:
                 for name in ("demo", "heavy"):
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"{r['workload']:<8} {r['concurrency']:>4} {r['exit_code']:>4} "
                         f"{r['passes']:>6} {r['images']:>6} {r['image_mb']:>7} "
-                        f"{r['seconds']:>6} {r['peak_rss_mib']:>12}",
+                        f"{r['seconds']:>6} {r['cpu_cores']:>5} {r['peak_rss_mib']:>12}",
                         flush=True,
                     )
     return 0
