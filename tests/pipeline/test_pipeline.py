@@ -247,3 +247,22 @@ def test_wrong_cipher_key_fails_the_pass_cleanly(harness, mode, fragment):
     assert result.outcome is Outcome.FAILED
     assert fragment in result.reason
     assert list(harness.store.list(harness.layout.pass_dir(p["id"]))) == []
+
+
+def test_a_pass_handled_twice_in_a_run_counts_once():
+    """A retry that comes due again in the same run keeps only its last result."""
+    from datetime import UTC, datetime
+
+    from archiver.pipeline import PassResult, RunSummary
+
+    summary = RunSummary(run_id="r", started_at=datetime.now(UTC))
+    summary.add(PassResult("a", Outcome.RETRY, "api_server_error"))
+    summary.add(PassResult("b", Outcome.ARCHIVED))
+    summary.add(PassResult("a", Outcome.ARCHIVED))
+    assert [(r.pass_id, r.outcome) for r in summary.results] == [
+        ("a", Outcome.ARCHIVED),
+        ("b", Outcome.ARCHIVED),
+    ]
+    assert summary.counts["retry"] == 0 and summary.exit_code == 0
+    summary.stopped_early = True
+    assert summary.exit_code == 1  # a stopped run left due work behind
