@@ -137,6 +137,7 @@ def test_example_config_documents_every_key():
             "api": {"token"},
             "catalog": {"key"},
             "signing": {"key"},
+            "storage": {"sse_customer_key"},
             "sources": {"url"},
         }.get(section_name, set())
         for model in models:
