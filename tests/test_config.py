@@ -135,9 +135,9 @@ def test_example_config_documents_every_key():
         text = sections.get(section_name, "")
         secrets = {
             "api": {"token"},
+            "storage": {"sse_customer_key"},
             "catalog": {"key"},
             "signing": {"key"},
-            "storage": {"sse_customer_key"},
             "sources": {"url"},
         }.get(section_name, set())
         for model in models:
