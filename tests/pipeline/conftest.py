@@ -20,6 +20,7 @@ from archiver.clock import Clock, ManualClock, SystemClock, isoformat
 from archiver.core.layout import Layout
 from archiver.idpass.client import IdPassClient
 from archiver.logging import configure
+from archiver.metrics import write_textfile
 from archiver.pipeline import Pipeline, PipelineOptions, RunSummary
 from archiver.sandbox import SandboxServer
 from archiver.sources.file import read_file
@@ -106,8 +107,11 @@ def _report_outputs(h: Harness, watch: PiiWatch) -> None:
     objects (where personal data belongs), to the session's PII watch."""
     where = f"{h.tmp.name}"
     watch.output(f"{where}/logs", h.logs.getvalue())
-    for summary in h.summaries:
+    for n, summary in enumerate(h.summaries):
         watch.output(f"{where}/summary", orjson.dumps(summary.to_json()))
+        prom = h.tmp / f"metrics-{n}.prom"
+        write_textfile(summary, prom, labels={})
+        watch.output(f"{where}/metrics", prom.read_text())
     for info in h.store.list(""):
         watch.output(f"{where}/key", info.key)
         if info.key.endswith(("manifest.json", "SHA256SUMS")):
