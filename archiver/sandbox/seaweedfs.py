@@ -299,18 +299,31 @@ class SeaweedFS:
         if kms_key_id:
             self.warm_kms_key(name, kms_key_id)
 
-    def warm_kms_key(self, bucket: str, kms_key_id: str) -> None:
-        """Create ``kms_key_id`` in the local KMS by one sequential put + get + delete."""
+    def warm_kms_key(self, bucket: str, kms_key_id: str, *, attempts: int = 6) -> None:
+        """Create ``kms_key_id`` in the local KMS by one sequential put + get + delete.
+
+        SeaweedFS occasionally answers this first KMS put with InternalError when the
+        machine is loaded; the warm-up is retried with a pause before giving up.
+        """
+        import botocore.exceptions
+
         client = self.client()
         key = f".kms-warmup/{kms_key_id}"
-        client.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=b"warm-up",
-            ServerSideEncryption="aws:kms",
-            SSEKMSKeyId=kms_key_id,
-        )
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        for attempt in range(attempts):
+            try:
+                client.put_object(
+                    Bucket=bucket,
+                    Key=key,
+                    Body=b"warm-up",
+                    ServerSideEncryption="aws:kms",
+                    SSEKMSKeyId=kms_key_id,
+                )
+                body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                break
+            except botocore.exceptions.ClientError:
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
         if body != b"warm-up":
             raise SeaweedFSError(f"KMS key {kms_key_id} did not round-trip")
         versions = client.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
