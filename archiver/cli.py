@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -840,3 +841,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("idpass-archiver: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `status | head`: the reader went away
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:  # a bug: one line with where, never values or a traceback
+        from archiver.pipeline import _where
+
+        print(
+            f"idpass-archiver: internal error {type(exc).__name__} at {_where(exc)}; "
+            "please report it",
+            file=sys.stderr,
+        )
+        return EXIT_SYSTEMIC

@@ -109,6 +109,26 @@ class _Say:
             print(text, file=sys.stderr, flush=True)
 
 
+def _effective_config(template: str, overrides: dict[str, str]) -> str:
+    """The TOML template with ``IDPASS_ARCHIVER_<SECTION>__<KEY>`` values written in."""
+    lines = template.splitlines()
+    for name, value in overrides.items():
+        section, key = name.removeprefix("IDPASS_ARCHIVER_").lower().split("__")
+        if f"[{section}]" not in lines:
+            lines += ["", f"[{section}]"]
+        header = lines.index(f"[{section}]")
+        end = next(
+            (i for i in range(header + 1, len(lines)) if lines[i].startswith("[")), len(lines)
+        )
+        for i in range(header + 1, end):
+            if lines[i].split("=", 1)[0].strip() == key:
+                lines[i] = f"{key} = {value}"
+                break
+        else:
+            lines.insert(header + 1, f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
 def _write_secret(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -194,7 +214,10 @@ def run_demo(workdir: Path | None = None, as_json: bool = False, serve: bool = F
                 "IDPASS_ARCHIVER_CATALOG__KEY_FILE": f'"{workdir / "catalog.key"}"',
                 "IDPASS_ARCHIVER_SIGNING__KEY_FILE": f'"{workdir / "signing-key.pem"}"',
             }
-            settings = config_mod.load(config_path, environ)
+            # Write the effective config (addresses and secret-file paths filled in), so
+            # that `status --config WORKDIR/archiver.toml` finds this demo's catalog.
+            config_path.write_text(_effective_config(settings_text, environ), encoding="utf-8")
+            settings = config_mod.load(config_path, {})
             s3.create_bucket(
                 settings.storage.bucket, object_lock=True, kms_key_id=settings.storage.kms_key_id
             )

@@ -57,6 +57,24 @@ def test_demo_archives_reads_back_and_stops_servers(tmp_path, pii_watch):
     assert result["images"] > 100 and result["image_bytes"] > 5_000_000
     assert result["run_exit_code"] == 4  # the expired passes raise the compliance alarm
     assert _weed_processes_under(workdir) == []
+    # The written config is the effective one: `status` finds the demo's catalog.
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "archiver",
+            "status",
+            "--json",
+            "--config",
+            str(workdir / "archiver.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        cwd="/",
+    )
+    assert json.loads(status.stdout)["counts"]["archived"] == 24, status.stderr[-2000:]
     # The demo's secrets stay in private files in the work dir, nowhere in its output.
     for name in ("api-token", "catalog.key", "ledger.jsonl"):
         assert (workdir / name).stat().st_mode & 0o077 == 0
