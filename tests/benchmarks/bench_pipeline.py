@@ -81,6 +81,7 @@ DETAILS_DELAY = 0.150
 S3_DELAY = 0.015
 SAMPLE_PASSES = 4  # passes whose every image is read back and hashed, per variant
 MiB, GiB = 1024**2, 1024**3
+VARIANTS = ("a", "a0", "b", "c-s5cmd", "c-boto3", "d")
 
 TARGETS = {
     "wall_a_over_b_plus_c": 1.0,
@@ -281,6 +282,7 @@ class Bench:
         self.quiet_wait = quiet_wait
         self.attempts = attempts
         self.wait_budget = wait_budget  # seconds of waiting and re-measuring left, in all
+        self.variants = set(VARIANTS)
         self.token = secrets.token_urlsafe(24)
         self.signing_key = Signer.generate().private_pem().decode()
         self.catalog_key = new_catalog_secret()
@@ -318,7 +320,7 @@ class Bench:
         tag = f"n{passes}-d{int(delay * 1000)}"
         ledger = self.workdir / f"ledger-{tag}.jsonl"
         cmd = [PY, "-m", "tests.benchmarks.pipeline_server", "--passes", str(passes)]
-        cmd += ["--seed", str(self.seed), "--token", self.token, "--ledger", str(ledger)]
+        cmd += ["--seed", str(self.seed), f"--token={self.token}", "--ledger", str(ledger)]
         cmd += ["--delay", str(delay)]
         url, pid = self.servers.start(cmd, self.base_env, self.workdir / f"server-{tag}.log")
         ids = [orjson.loads(line)["id"] for line in ledger.read_bytes().splitlines() if line]
@@ -809,32 +811,35 @@ def measure(bench: Bench, passes: int, s5cmd_workers: int, with_fixed: bool) -> 
         return go
 
     try:
-        bench.write_files(data)
-        steps: list[tuple[str, Callable[[], Result]]] = [
-            ("(b) fetch ceiling", lambda: bench.run_fetch(data)),
+        if {"c-s5cmd", "c-boto3"} & bench.variants:
+            bench.write_files(data)
+        steps: list[tuple[str, str, Callable[[], Result]]] = [
+            ("b", "(b) fetch ceiling", lambda: bench.run_fetch(data)),
             (
+                "c-s5cmd",
                 "(c) s5cmd",
                 on_fresh_s3(f"c1-n{passes}", lambda s3: bench.run_s5cmd(s3, data, s5cmd_workers)),
             ),
-            ("(c) boto3", on_fresh_s3(f"c2-n{passes}", lambda s3: bench.run_boto3(s3, data))),
             (
+                "c-boto3",
+                "(c) boto3",
+                on_fresh_s3(f"c2-n{passes}", lambda s3: bench.run_boto3(s3, data)),
+            ),
+            (
+                "a",
                 "(a) archiver run",
                 on_fresh_s3(f"a-n{passes}", lambda s3: bench.run_archiver(s3, data)),
             ),
+            (
+                "a0",
+                "(a0) archiver run with nothing due",
+                on_fresh_s3(f"a0-n{passes}", lambda s3: bench.run_archiver(s3, data, empty=True)),
+            ),
+            ("d", "(d) naive", on_fresh_s3(f"d-n{passes}", lambda s3: bench.run_naive(s3, data))),
         ]
-        if with_fixed:
-            steps.append(
-                (
-                    "(a0) archiver run with nothing due",
-                    on_fresh_s3(
-                        f"a0-n{passes}", lambda s3: bench.run_archiver(s3, data, empty=True)
-                    ),
-                )
-            )
-        steps.append(
-            ("(d) naive", on_fresh_s3(f"d-n{passes}", lambda s3: bench.run_naive(s3, data)))
-        )
-        for what, step in steps:
+        for variant, what, step in steps:
+            if variant not in bench.variants or (variant == "a0" and not with_fixed):
+                continue
             results.append(bench.best_of(f"N={passes}: {what} ...", step))
     finally:
         bench.servers.stop(data.server_pid)
@@ -866,7 +871,7 @@ def measure_latency(bench: Bench, passes: int) -> dict[str, Any]:
                 bench.servers.stop(proxy_pid)
 
     try:
-        for variant in ("a", "d"):
+        for variant in [v for v in ("a", "d") if v in bench.variants]:
             what = f"N={passes}+latency: ({variant}) ..."
             results.append(bench.best_of(what, lambda v=variant: step(v)))
     finally:
@@ -963,6 +968,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_pipeline")
     parser.add_argument("--passes", type=int, nargs="+", default=[50, 500])
     parser.add_argument("--latency", action="store_true", help="also the latency variant")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="measure only these (e.g. --variants a to re-measure the archiver after a change)",
+    )
     parser.add_argument("--latency-passes", type=int, default=50)
     parser.add_argument(
         "--no-plain",
@@ -1000,6 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(workdir.resolve(), args.seed, args.quiet_wait, args.attempts, args.wait_budget)
+    bench.variants = set(args.variants)
     runs: list[dict[str, Any]] = []
     profile_text = None
     t0 = time.monotonic()
