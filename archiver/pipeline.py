@@ -539,6 +539,7 @@ class Pipeline:
 
         if read.encrypted and passthrough:
             sealed = await self._sealed_images(pid, read)
+            read.images.clear()  # the Base64 is no longer needed: free it before uploading
             return await self._write(entry, read, sealed, deadline)
         if read.encrypted and not local:
             raise DecryptionError(
@@ -547,6 +548,7 @@ class Pipeline:
                 pass_id=pid,
             )
         images = await self._check_images(pid, read, key if local else None)
+        read.images.clear()  # the Base64 is no longer needed: free it before uploading
         return await self._write(entry, read, images, deadline)
 
     def _not_ready(
@@ -605,7 +607,7 @@ class Pipeline:
         raw_key = crypto.parse_key(local_key) if local_key is not None else None
         limit = self.opt.max_image_bytes
 
-        def one(slot: str, text: str) -> CheckedImage:
+        def one(slot: str, text: str | bytes) -> CheckedImage:
             if not valid_slot_name(slot):
                 raise ImageDecodeError("image slot name is not a safe key segment", pass_id=pid)
             if raw_key is not None:
@@ -709,35 +711,52 @@ class Pipeline:
         record_bytes = orjson.dumps(read.record, option=orjson.OPT_SORT_KEYS)
         record_sha = sha256_hex(record_bytes)
 
-        async def store(
-            key: str, data: bytes, sha: str, ctype: str, *, adopt: bool = False
-        ) -> tuple[PutResult, str | None, int | None]:
-            """Put one object; with age recipients, its age ciphertext (the plaintext
-            hash and size are returned for the manifest)."""
-            if not age:
-                return await self._put(pid, key, data, sha, ctype, adopt=adopt), None, None
-            sealed: bytes = await self._io(pyrage.encrypt, data, age)
-            # age output is randomised: a crashed attempt's object is adopted as it is.
-            res = await self._put(
-                pid, key + AGE_SUFFIX, sealed, sha256_hex(sealed), AGE_TYPE, adopt=True
-            )
-            return res, sha, len(data)
-
-        image_puts = [
-            store(
-                lay.sealed_image(pid, img.slot) if img.sealed else lay.image(pid, img.slot),
-                img.data,
-                img.sha256,
-                SIG_TYPE if img.sealed else "image/jpeg",
-            )
+        image_keys = [
+            lay.sealed_image(pid, img.slot) if img.sealed else lay.image(pid, img.slot)
             for img in images
         ]
-        record_put = store(lay.record(pid), record_bytes, record_sha, RECORD_TYPE, adopt=True)
-        results = await asyncio.gather(*image_puts, record_put)
-        image_results, (record_result, record_plain, record_size) = results[:-1], results[-1]
+        keys = [*image_keys, lay.record(pid)]
+        plain = [*(img.data for img in images), record_bytes]
+        types = [SIG_TYPE if img.sealed else "image/jpeg" for img in images] + [RECORD_TYPE]
+        if age:
+            # age output is randomised: a crashed attempt's object is adopted as it is.
+            bodies: list[bytes] = await asyncio.gather(
+                *(self._io(pyrage.encrypt, data, age) for data in plain)
+            )
+            keys = [k + AGE_SUFFIX for k in keys]
+            hashes = [sha256_hex(body) for body in bodies]
+            types = [AGE_TYPE] * len(keys)
+        else:
+            bodies, hashes = plain, [*(img.sha256 for img in images), record_sha]
+        # SHA256SUMS lists hashes known before any put: it goes up with the images and
+        # the record, in the same round trip.
+        sums = mf.sha256sums([(lay.relative(pid, k), h) for k, h in zip(keys, hashes, strict=True)])
+        adopt = [bool(age)] * len(images) + [True]  # an earlier attempt's record is kept
+        *results, sums_res = await asyncio.gather(
+            *(
+                self._put(pid, k, body, h, t, adopt=ad)
+                for k, body, h, t, ad in zip(keys, bodies, hashes, types, adopt, strict=True)
+            ),
+            self._put(pid, lay.sums(pid), sums, sha256_hex(sums), SUMS_TYPE, adopt=True),
+        )
+        stored_sums = mf.sha256sums([(lay.relative(pid, r.key), r.sha256) for r in results])
+        if sums_res.sha256 != sha256_hex(stored_sums):
+            # An object of an earlier, uncommitted attempt was adopted (or its
+            # SHA256SUMS): write the list of what is actually stored as a new version.
+            sums_res = await self._put(
+                pid,
+                lay.sums(pid),
+                stored_sums,
+                sha256_hex(stored_sums),
+                SUMS_TYPE,
+                overwrite=True,
+            )
+        record_result = results[-1]
+        record_plain = record_sha if age else None
+        record_size = len(record_bytes) if age else None
 
         entries: list[mf.ObjectEntry] = []
-        for img, (res, plain_sha, plain_size) in zip(images, image_results, strict=True):
+        for img, res in zip(images, results[:-1], strict=True):
             entries.append(
                 mf.ObjectEntry(
                     role="image",
@@ -752,8 +771,8 @@ class Pipeline:
                     payload=crypto.MARKER_VALUE if img.sealed else None,
                     retain_until=res.retain_until,
                     lock_mode=res.lock_mode,
-                    plaintext_sha256=plain_sha,
-                    plaintext_size=plain_size,
+                    plaintext_sha256=img.sha256 if age else None,
+                    plaintext_size=img.size if age else None,
                 )
             )
         entries.append(
@@ -762,10 +781,6 @@ class Pipeline:
                 plaintext_sha256=record_plain,
                 plaintext_size=record_size,
             )
-        )
-        sums = mf.sha256sums([(lay.relative(pid, e.key), e.sha256) for e in entries])
-        sums_res = await self._put(
-            pid, lay.sums(pid), sums, sha256_hex(sums), SUMS_TYPE, adopt=True
         )
         entries.append(_entry("checksums", sums_res, SUMS_TYPE))
         present = {img.slot for img in images}
@@ -789,7 +804,7 @@ class Pipeline:
             signing_key_id=self.signer.key_id,
             age_recipients=[str(r) for r in age],
         )
-        data, digest = mf.manifest_bytes(doc)
+        data, digest = mf.manifest_bytes(doc, check=False)
         mkey = lay.manifest(pid)
         signature = self.signer.sign(data)
         try:
@@ -814,9 +829,9 @@ class Pipeline:
                 raise
             log.warning("manifest_committed_by_another_worker", key=mkey)
             return existing
-        puts = [r for r, _, _ in results] + [sums_res]
-        written = sum(1 for r in puts if not r.reused) + 2
-        reused = sum(1 for r in puts if r.reused)
+        done = [*results, sums_res]
+        written = sum(1 for r in done if not r.reused) + 2
+        reused = sum(1 for r in done if r.reused)
         return PassResult(
             pid,
             Outcome.ARCHIVED,

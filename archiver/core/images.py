@@ -89,7 +89,7 @@ def check_image(slot: str, data: bytes) -> CheckedImage:
     return CheckedImage(slot=slot, data=data, sha256=sha256_hex(data), width=width, height=height)
 
 
-def sealed_payload(slot: str, token: str, *, max_bytes: int) -> CheckedImage:
+def sealed_payload(slot: str, token: str | bytes, *, max_bytes: int) -> CheckedImage:
     """Passthrough: an encrypted image token (Base64 of nonce || ciphertext || tag) kept
     as received. Only its form can be checked: no JPEG check is possible."""
     data = decode_base64(token, slot=slot, max_bytes=max_bytes + 28)
@@ -100,6 +100,6 @@ def sealed_payload(slot: str, token: str, *, max_bytes: int) -> CheckedImage:
     )
 
 
-def decode_and_check(slot: str, text: str, *, max_bytes: int) -> CheckedImage:
+def decode_and_check(slot: str, text: str | bytes, *, max_bytes: int) -> CheckedImage:
     """Base64 text → checked, hashed JPEG."""
     return check_image(slot, decode_base64(text, slot=slot, max_bytes=max_bytes))

@@ -61,7 +61,7 @@ def encrypt_value(key: bytes, plaintext: bytes, nonce: bytes | None = None) -> s
     return pybase64.b64encode(nonce + sealed).decode("ascii")
 
 
-def decrypt_value(key: bytes, token: str) -> bytes:
+def decrypt_value(key: bytes, token: str | bytes) -> bytes:
     """Open one encrypted value. Raises :class:`DecryptionError` on any failure."""
     try:
         blob = pybase64.b64decode(token, validate=True)
@@ -86,7 +86,9 @@ def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
 
 
 def _transform(
-    doc: dict[str, Any], text_fn: Callable[[str], str], image_fn: Callable[[str], str]
+    doc: dict[str, Any],
+    text_fn: Callable[[str], str],
+    image_fn: Callable[[str | bytes], str | bytes],
 ) -> dict[str, Any]:
     out = dict(doc)
     for field in ENCRYPTED_TOP_LEVEL:
@@ -100,7 +102,7 @@ def _transform(
     images = out.get(IMAGES_FIELD)
     if isinstance(images, dict):
         out[IMAGES_FIELD] = {
-            slot: (image_fn(v) if isinstance(v, str) else v) for slot, v in images.items()
+            slot: (image_fn(v) if isinstance(v, str | bytes) else v) for slot, v in images.items()
         }
     return out
 
@@ -112,7 +114,7 @@ def encrypt_response(doc: dict[str, Any], cipher_key: str) -> dict[str, Any]:
     def text(s: str) -> str:
         return encrypt_value(key, s.encode("utf-8"))
 
-    def image(b64: str) -> str:
+    def image(b64: str | bytes) -> str:
         return encrypt_value(key, pybase64.b64decode(b64))
 
     out = _transform(doc, text, image)
@@ -137,10 +139,10 @@ def decrypt_response(
         except UnicodeDecodeError:
             raise DecryptionError("decrypted text field is not UTF-8") from None
 
-    def image(token: str) -> str:
+    def image(token: str | bytes) -> str:
         return pybase64.b64encode(decrypt_value(key, token)).decode("ascii")
 
-    def keep(token: str) -> str:
+    def keep(token: str | bytes) -> str | bytes:
         return token
 
     out = _transform(doc, text, image if images else keep)

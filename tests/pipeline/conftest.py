@@ -17,6 +17,7 @@ import pytest
 from archiver.catalog.keys import KeySealer, new_catalog_secret
 from archiver.catalog.sql import SqlCatalog
 from archiver.clock import Clock, ManualClock, SystemClock, isoformat
+from archiver.core import manifest as mf
 from archiver.core.layout import Layout
 from archiver.idpass.client import IdPassClient
 from archiver.logging import configure
@@ -115,7 +116,12 @@ def _report_outputs(h: Harness, watch: PiiWatch) -> None:
     for info in h.store.list(""):
         watch.output(f"{where}/key", info.key)
         if info.key.endswith(("manifest.json", "SHA256SUMS")):
-            watch.output(f"{where}/{info.key.rsplit('/', 1)[-1]}", h.store.get(info.key))
+            data = h.store.get(info.key)
+            watch.output(f"{where}/{info.key.rsplit('/', 1)[-1]}", data)
+            if info.key.endswith("manifest.json"):
+                # the pipeline writes manifests without validating them (a hot path):
+                # every one any pipeline test wrote must match the published schema
+                mf.parse_manifest(data)
     for entry in h.catalog.all():
         watch.output(f"{where}/catalog_reason", entry.last_reason or "")
 
