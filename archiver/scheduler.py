@@ -18,8 +18,6 @@ from types import FrameType
 from typing import Any
 
 import structlog
-from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
-from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from archiver.errors import AlreadyRunning, ArchiverError
@@ -57,6 +55,10 @@ def serve(
     stop: threading.Event | None = None,
 ) -> int:
     """Run ``cycle(stop)`` on every tick until SIGTERM/SIGINT (or ``stop``)."""
+    # imported here: the one-shot commands (run, backfill...) never start a scheduler
+    from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+    from apscheduler.schedulers.background import BackgroundScheduler
+
     stop = stop or threading.Event()
     scheduler = BackgroundScheduler(timezone=timezone)
 

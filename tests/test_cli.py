@@ -14,8 +14,17 @@ PID = "0b6f3c9e-6a55-4a43-9d8f-2f0a8f7e3c11"
 
 
 def test_version_and_help():
-    """--version prints the version; --help shows examples and exit codes."""
-    assert _cli(["--version"]).stdout.startswith("idpass-archiver ")
+    """--version prints the version (pyproject's, and the installed one); --help shows
+    examples and exit codes."""
+    import tomllib
+    from importlib.metadata import version
+
+    from archiver import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert __version__ == declared == version("idpass-archiver")
+    assert _cli(["--version"]).stdout.strip() == f"idpass-archiver {declared}"
     out = _cli(["--help"]).stdout
     assert "examples:" in out and "exit codes" in out
 
