@@ -238,6 +238,7 @@ class Pipeline:
         # Called after each pass (progress reporting); must be cheap.
         self.on_result: Callable[[PassResult], None] | None = None
         self._inflight: set[asyncio.Task[PassResult | None]] = set()
+        self._read_slots = asyncio.Semaphore(options.concurrency)
         self._grace_handle: asyncio.TimerHandle | None = None
 
     # -- running ------------------------------------------------------------------
@@ -374,7 +375,9 @@ class Pipeline:
             for pid in gone:
                 summary.add(PassResult(pid, Outcome.NO_IMAGES, "image_retention_days is 0"))
 
-        workers = [asyncio.create_task(worker()) for _ in range(self.opt.concurrency)]
+        # concurrency passes being read, as many being uploaded (see _archive)
+        self._read_slots = asyncio.Semaphore(self.opt.concurrency)
+        workers = [asyncio.create_task(worker()) for _ in range(2 * self.opt.concurrency)]
         try:
             if pass_ids:
                 for entry in self._select_explicit(pass_ids):
@@ -496,6 +499,25 @@ class Pipeline:
         self._learned.setdefault(pass_id, {}).update(values)
 
     async def _archive(self, entry: CatalogEntry) -> PassResult:
+        """Read the pass (at most ``concurrency`` passes at once), then upload it.
+
+        Uploading does not hold a read slot: while a pass's objects go up, the next
+        pass is already being read, so API latency and S3 latency overlap. At most
+        ``concurrency`` passes are in each stage (the run has twice as many workers),
+        which bounds memory: a pass being read holds its response, one being uploaded
+        its decoded images.
+        """
+        async with self._read_slots:
+            staged = await self._read(entry)
+        if isinstance(staged, PassResult):
+            return staged
+        read, images, deadline = staged
+        return await self._write(entry, read, images, deadline)
+
+    async def _read(
+        self, entry: CatalogEntry
+    ) -> PassResult | tuple[PassRead, list[CheckedImage], datetime | None]:
+        """A pass's outcome if it ends here, or its checked images ready to upload."""
         pid = entry.pass_id
         existing = await self._existing_manifest(pid)
         if existing is not None:
@@ -538,18 +560,17 @@ class Pipeline:
             return self._no_images(pid, d.image_retention_days, deadline, read)
 
         if read.encrypted and passthrough:
-            sealed = await self._sealed_images(pid, read)
-            read.images.clear()  # the Base64 is no longer needed: free it before uploading
-            return await self._write(entry, read, sealed, deadline)
-        if read.encrypted and not local:
+            images = await self._sealed_images(pid, read)
+        elif read.encrypted and not local:
             raise DecryptionError(
                 "images arrived encrypted: no cipher key is known for this pass "
                 "(add it to the catalog, or use decryption = local with the key)",
                 pass_id=pid,
             )
-        images = await self._check_images(pid, read, key if local else None)
+        else:
+            images = await self._check_images(pid, read, key if local else None)
         read.images.clear()  # the Base64 is no longer needed: free it before uploading
-        return await self._write(entry, read, images, deadline)
+        return read, images, deadline
 
     def _not_ready(
         self, pid: str, created_at: datetime | None, link_days: int | None, status: str
