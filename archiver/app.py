@@ -32,8 +32,9 @@ from archiver.core.runlog import build_run_manifest, run_manifest_bytes
 from archiver.core.signing import Signer, SigningKeyError
 from archiver.errors import AlreadyRunning, ConfigError
 from archiver.idpass.client import IdPassClient
-from archiver.pipeline import DetailsReader, PassResult, Pipeline, PipelineOptions, RunSummary
+from archiver.pipeline import DetailsReader, Pipeline, PipelineOptions
 from archiver.ratelimit import AsyncRateLimiter, RateLimitedReader
+from archiver.results import PassResult, RunSummary
 from archiver.retry import RetryingReader
 from archiver.scheduler import make_trigger
 from archiver.store import ObjectStore

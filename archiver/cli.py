@@ -19,15 +19,18 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
 
-from archiver import __version__
+from archiver import __version__, errors
 from archiver import config as config_mod
 from archiver.errors import AlreadyRunning, ArchiverError, ConfigError
-from archiver.pipeline import EXIT_INCOMPLETE, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, RunSummary
+from archiver.results import EXIT_INCOMPLETE, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, RunSummary
+
+if TYPE_CHECKING:
+    from archiver.catalog import PassUpsert, UpsertStats
 
 EXIT_ALREADY_RUNNING = 5
 
@@ -581,7 +584,6 @@ def _read_ids(values: Sequence[str]) -> list[str]:
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from archiver.app import open_catalog
     from archiver.catalog import PassUpsert
     from archiver.sources.file import normalise_pass_id
 
@@ -593,27 +595,45 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             good.append(PassUpsert(pass_id=normalise_pass_id(raw), source="enqueue"))
         except ValueError as exc:
             bad.append({"item": n, "reason": str(exc)})
-    catalog = open_catalog(settings)
-    try:
-        stats = catalog.upsert(good)
-    finally:
-        catalog.close()
-    result = {
-        "added": stats.added,
-        "updated": stats.updated,
-        "unchanged": stats.unchanged,
-        "rejected": bad,
-    }
+    stats = _upsert(settings, good)
     structlog.get_logger("archiver.cli").info(
         "enqueued", added=stats.added, unchanged=stats.unchanged, rejected=len(bad)
     )
+    return _upsert_report(
+        args,
+        {"added": stats.added, "updated": stats.updated, "unchanged": stats.unchanged},
+        bad,
+        f"enqueued: {stats.added} new, {stats.unchanged} already known, {len(bad)} rejected",
+        [f"item {b['item']}: {b['reason']}" for b in bad],
+    )
+
+
+def _upsert(settings: config_mod.Settings, records: Sequence[PassUpsert]) -> UpsertStats:
+    """Add or update passes in the configured catalog; its UpsertStats."""
+    from archiver.app import open_catalog
+
+    catalog = open_catalog(settings)
+    try:
+        return catalog.upsert(records)
+    finally:
+        catalog.close()
+
+
+def _upsert_report(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    rejected: list[dict[str, Any]],
+    headline: str,
+    rejected_lines: list[str],
+) -> int:
+    """Print what an upsert did (JSON, or a line plus one stderr line per rejection)."""
     if args.json:
-        _print_json(result)
+        _print_json({**result, "rejected": rejected})
     else:
-        print(f"enqueued: {stats.added} new, {stats.unchanged} already known, {len(bad)} rejected")
-        for b in bad:
-            print(f"  item {b['item']}: {b['reason']}", file=sys.stderr)
-    return EXIT_OK if not bad else EXIT_INCOMPLETE
+        print(headline)
+        for line in rejected_lines:
+            print(f"  {line}", file=sys.stderr)
+    return EXIT_OK if not rejected else EXIT_INCOMPLETE
 
 
 def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
@@ -659,7 +679,6 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         return cmd_catalog_rebuild(args)
     if args.catalog_command != "import":
         raise ConfigError("usage: idpass-archiver catalog import FILE | catalog rebuild")
-    from archiver.app import open_catalog
     from archiver.sources.file import read_file
 
     settings = config_mod.load(args.config)
@@ -670,18 +689,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot read {args.file} ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{args.file} is not UTF-8 text") from None
-    catalog = open_catalog(settings)
-    try:
-        stats = catalog.upsert(good)
-    finally:
-        catalog.close()
-    result = {
-        "file": str(args.file),
-        "added": stats.added,
-        "updated": stats.updated,
-        "unchanged": stats.unchanged,
-        "rejected": [{"line": b.line, "reason": b.reason} for b in bad],
-    }
+    stats = _upsert(settings, good)
     structlog.get_logger("archiver.cli").info(
         "catalog_imported",
         added=stats.added,
@@ -689,16 +697,19 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         unchanged=stats.unchanged,
         rejected=len(bad),
     )
-    if args.json:
-        _print_json(result)
-    else:
-        print(
-            f"imported {args.file}: {stats.added} new, {stats.updated} updated, "
-            f"{stats.unchanged} unchanged, {len(bad)} rejected"
-        )
-        for b in bad:
-            print(f"  line {b.line}: {b.reason}", file=sys.stderr)
-    return EXIT_OK if not bad else EXIT_INCOMPLETE
+    return _upsert_report(
+        args,
+        {
+            "file": str(args.file),
+            "added": stats.added,
+            "updated": stats.updated,
+            "unchanged": stats.unchanged,
+        },
+        [{"line": b.line, "reason": b.reason} for b in bad],
+        f"imported {args.file}: {stats.added} new, {stats.updated} updated, "
+        f"{stats.unchanged} unchanged, {len(bad)} rejected",
+        [f"line {b.line}: {b.reason}" for b in bad],
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -872,10 +883,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
     except Exception as exc:  # a bug: one line with where, never values or a traceback
-        from archiver.pipeline import _where
-
         print(
-            f"idpass-archiver: internal error {type(exc).__name__} at {_where(exc)}; "
+            f"idpass-archiver: internal error {type(exc).__name__} at {errors.where(exc)}; "
             "please report it",
             file=sys.stderr,
         )

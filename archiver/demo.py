@@ -37,7 +37,7 @@ from archiver.core.layout import Layout
 from archiver.core.signing import Signer
 from archiver.idpass.models import SLOTS
 from archiver.logging import configure
-from archiver.pipeline import RunSummary
+from archiver.results import RunSummary
 from archiver.sources.file import read_file
 from archiver.store import ObjectStore
 from archiver.verify import VerifyScope, run_verify

@@ -235,3 +235,13 @@ class SourceError(ArchiverError):
         super().__init__(f"source {source}: {message}", pass_id=pass_id)
         self.source = source
         self.retryable = retryable
+
+
+def where(exc: BaseException) -> str:
+    """file:line of the innermost frame: enough to find a bug, with no values in it."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "unknown"
+    return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"

@@ -1,6 +1,6 @@
 """Prometheus metrics of each run: pushed to a Pushgateway, or written as a textfile.
 
-One registry per run, built from its :class:`~archiver.pipeline.RunSummary` alone
+One registry per run, built from its :class:`~archiver.results.RunSummary` alone
 (:func:`build_registry`). Every metric is a gauge describing the last run (the
 Prometheus pattern for batch jobs), and the only labels are ``outcome``, ``mode``
 (``run`` for ``run`` and ``schedule``, ``backfill`` for ``backfill``, so a backfill
@@ -48,11 +48,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from archiver import __version__
-from archiver.pipeline import EXIT_INCOMPLETE, EXIT_OK, EXIT_SYSTEMIC
+from archiver.results import EXIT_INCOMPLETE, EXIT_OK, EXIT_SYSTEMIC
 
 if TYPE_CHECKING:
     from archiver.config import Settings
-    from archiver.pipeline import RunSummary
+    from archiver.results import RunSummary
 
 Mode = Literal["run", "backfill"]
 

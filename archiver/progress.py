@@ -9,7 +9,7 @@ from typing import Any, TextIO
 import structlog
 from tqdm import tqdm
 
-from archiver.pipeline import PassResult
+from archiver.results import PassResult
 
 log = structlog.get_logger("archiver.progress")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from archiver.idpass.client import PassRead
 from archiver.pipeline import DetailsReader
@@ -50,22 +51,7 @@ class RateLimitedReader:
         self.inner = inner
         self.limiter = limiter
 
-    async def details(
-        self,
-        pass_id: str,
-        cipher_key: str | None = None,
-        *,
-        images: bool = True,
-        documents: bool = False,
-        logs: bool = False,
-        decrypt_locally_with: str | None = None,
-    ) -> PassRead:
+    async def details(self, pass_id: str, *args: Any, **kwargs: Any) -> PassRead:
+        """``inner.details(...)`` with the same arguments, once the limiter allows."""
         await self.limiter.acquire()
-        return await self.inner.details(
-            pass_id,
-            cipher_key,
-            images=images,
-            documents=documents,
-            logs=logs,
-            decrypt_locally_with=decrypt_locally_with,
-        )
+        return await self.inner.details(pass_id, *args, **kwargs)

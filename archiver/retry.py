@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -52,27 +53,12 @@ class RetryingReader:
             return max(backoff, error.retry_after)
         return backoff
 
-    async def details(
-        self,
-        pass_id: str,
-        cipher_key: str | None = None,
-        *,
-        images: bool = True,
-        documents: bool = False,
-        logs: bool = False,
-        decrypt_locally_with: str | None = None,
-    ) -> PassRead:
+    async def details(self, pass_id: str, *args: Any, **kwargs: Any) -> PassRead:
+        """``inner.details(...)`` with the same arguments, retried (see the class)."""
         attempt = 0
         while True:
             try:
-                return await self.inner.details(
-                    pass_id,
-                    cipher_key,
-                    images=images,
-                    documents=documents,
-                    logs=logs,
-                    decrypt_locally_with=decrypt_locally_with,
-                )
+                return await self.inner.details(pass_id, *args, **kwargs)
             except ApiError as exc:
                 attempt += 1
                 if not exc.retryable or attempt >= self.attempts:

@@ -545,7 +545,7 @@ def test_alert_rules_parse_and_use_real_metrics():
     import promql_parser
 
     from archiver.metrics import build_registry
-    from archiver.pipeline import RunSummary
+    from archiver.results import RunSummary
 
     rules_doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
     (group,) = rules_doc["groups"]

@@ -19,7 +19,7 @@ from archiver import __version__, config
 from archiver.catalog import Outcome
 from archiver.errors import ConfigError
 from archiver.metrics import LAST_SUCCESS, publish, run_succeeded, textfile_for, write_textfile
-from archiver.pipeline import PassResult, RunSummary
+from archiver.results import PassResult, RunSummary
 from tests.fixtures.cli import run_cli
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)

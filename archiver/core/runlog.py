@@ -16,7 +16,7 @@ from archiver.catalog import Outcome
 from archiver.clock import isoformat
 from archiver.core.images import sha256_hex
 from archiver.core.manifest import canonical_json, validate_against
-from archiver.pipeline import RunSummary
+from archiver.results import RunSummary
 
 RUN_MANIFEST_VERSION = 1
 KIND = "idpass-archiver/run-manifest"

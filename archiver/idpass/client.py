@@ -30,10 +30,12 @@ from archiver.errors import (
 )
 from archiver.idpass import crypto
 from archiver.idpass.models import (
+    ENVELOPE_FIELD,
     IMAGES_FIELD,
     CancelResult,
     PassDetails,
     RegisterResult,
+    is_envelope,
     unwrap,
 )
 from archiver.idpass.transport import Urllib3Transport
@@ -237,7 +239,6 @@ class IdPassClient:
 
 
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_ENVELOPE = "data"
 
 
 def load_json(content: bytes) -> Any:
@@ -259,31 +260,38 @@ def load_json(content: bytes) -> Any:
 
 
 def _fields(top: dict[str, msgspec.Raw]) -> dict[str, Any]:
-    # A {"data": {...}} envelope (see models.unwrap) holds the pass, images included.
-    envelope = "id" not in top and "status" not in top and len(top) <= 3
     out: dict[str, Any] = {}
     for name, raw in top.items():
         if name == IMAGES_FIELD:
             out[name] = _image_strings(raw)
-        elif envelope and name == _ENVELOPE and bytes(memoryview(raw)[:1]) == b"{":
-            out[name] = _fields(_OBJECT.decode(raw))
+        elif name == ENVELOPE_FIELD and _starts(raw, b"{"):
+            inner = _OBJECT.decode(raw)
+            # an envelope (see models.unwrap) holds the pass, images included
+            out[name] = _fields(inner) if is_envelope(top, inner) else _json(raw)
         else:
-            out[name] = orjson.loads(memoryview(raw))
+            out[name] = _json(raw)
     return out
 
 
 def _image_strings(raw: msgspec.Raw) -> Any:
-    if bytes(memoryview(raw)[:1]) != b"{":
-        return orjson.loads(memoryview(raw))  # null, or a wrong type parse_details reports
+    if not _starts(raw, b"{"):
+        return _json(raw)  # null, or a wrong type parse_details reports
     slots: dict[str, Any] = {}
     for slot, value in _OBJECT.decode(raw).items():
-        view = memoryview(value)
-        if bytes(view[:1]) != b'"':
-            slots[slot] = orjson.loads(view)  # null or not a string: judged later
+        if not _starts(value, b'"'):
+            slots[slot] = _json(value)  # null or not a string: judged later
             continue
-        text = bytes(view[1:-1])
-        slots[slot] = text if text.find(b"\\") < 0 else orjson.loads(view)
+        text = bytes(memoryview(value)[1:-1])
+        slots[slot] = text if text.find(b"\\") < 0 else _json(value)
     return slots
+
+
+def _starts(raw: msgspec.Raw, first: bytes) -> bool:
+    return bytes(memoryview(raw)[:1]) == first
+
+
+def _json(raw: msgspec.Raw) -> Any:
+    return orjson.loads(memoryview(raw))
 
 
 def _validation_summary(exc: ValidationError) -> str:

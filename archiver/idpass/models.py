@@ -15,6 +15,7 @@ only non-personal fields, so a model printed in a log or traceback leaks nothing
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -130,10 +131,16 @@ class CancelResult(_Model):
     _safe_repr = ("status", "fee_refunded")
 
 
+ENVELOPE_FIELD = "data"
+
+
+def is_envelope(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> bool:
+    """Whether ``outer`` is a ``{"data": inner}`` envelope around a pass (``inner`` is the
+    object under ``data``): a few fields around one that looks like a pass."""
+    return len(outer) <= 3 and ("id" in inner or "status" in inner)
+
+
 def unwrap(doc: Any) -> Any:
     """Remove a ``{"data": {...}}`` envelope if the API uses one."""
-    if isinstance(doc, dict) and "data" in doc and isinstance(doc["data"], dict) and len(doc) <= 3:
-        inner = doc["data"]
-        if "id" in inner or "status" in inner:
-            return inner
-    return doc
+    inner = doc.get(ENVELOPE_FIELD) if isinstance(doc, dict) else None
+    return inner if isinstance(inner, dict) and is_envelope(doc, inner) else doc

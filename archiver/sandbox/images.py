@@ -90,14 +90,18 @@ def comment_offset(jpeg: bytes) -> int:
     return 2
 
 
-def with_comment(jpeg: bytes, text: str, at: int | None = None) -> bytes:
-    """The JPEG with a COM segment carrying ``text`` (ASCII, < 64 KiB) inserted."""
+def comment_segment(text: str) -> bytes:
+    """A JPEG COM segment carrying ``text`` (ASCII, < 64 KiB)."""
     payload = text.encode("ascii")
     if len(payload) > 0xFFFF - 2:
         raise ValueError("comment too long")
+    return COM + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def with_comment(jpeg: bytes, text: str, at: int | None = None) -> bytes:
+    """The JPEG with a COM segment carrying ``text`` inserted."""
     pos = comment_offset(jpeg) if at is None else at
-    segment = COM + (len(payload) + 2).to_bytes(2, "big") + payload
-    return b"".join((jpeg[:pos], segment, jpeg[pos:]))
+    return b"".join((jpeg[:pos], comment_segment(text), jpeg[pos:]))
 
 
 _pool: tuple[PoolImage, ...] | None = None

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
+from archiver.errors import EncryptionRefused, ObjectConflict
+
 
 @dataclass(frozen=True, slots=True)
 class ObjectLock:
@@ -43,6 +45,19 @@ class PutResult:
     reused: bool
     retain_until: datetime | None = None
     lock_mode: str | None = None
+
+    @classmethod
+    def existing(cls, info: ObjectInfo, sha256: str) -> PutResult:
+        """The result of a put that kept the object already stored (``reused``)."""
+        return cls(
+            key=info.key,
+            size=info.size,
+            sha256=sha256,
+            version_id=info.version_id,
+            reused=True,
+            retain_until=info.retain_until,
+            lock_mode=info.lock_mode,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +104,26 @@ class ObjectStore(Protocol):
     def get(self, key: str, *, version_id: str | None = None) -> bytes: ...
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+
+def reuse_existing(where: str, info: ObjectInfo, stored_sha256: str, sha256: str) -> PutResult:
+    """A put found its key taken by ``info`` (whose content hashes to ``stored_sha256``):
+    keep that object if it holds our bytes, encrypted; otherwise refuse.
+
+    Raises :class:`ObjectConflict` for other content, :class:`EncryptionRefused` for
+    our content stored unencrypted. ``where`` starts the message (``"S3 put b/k"``).
+    """
+    if stored_sha256 != sha256:
+        raise ObjectConflict(
+            f"{where}: the key holds other content (sha256 {stored_sha256}, ours {sha256})",
+            key=info.key,
+            existing_sha256=stored_sha256,
+            new_sha256=sha256,
+        )
+    if not info.encryption:
+        raise EncryptionRefused(
+            f"{where}: the existing object with our content is stored unencrypted; "
+            "it cannot be reused",
+            key=info.key,
+        )
+    return PutResult.existing(info, sha256)

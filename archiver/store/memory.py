@@ -28,8 +28,8 @@ from typing import Literal
 
 from archiver.clock import Clock, SystemClock
 from archiver.config import StorageSettings
-from archiver.errors import EncryptionRefused, ObjectConflict, StoreError, StoreUnavailable
-from archiver.store import ObjectInfo, ObjectLock, PutResult
+from archiver.errors import EncryptionRefused, StoreError, StoreUnavailable
+from archiver.store import ObjectInfo, ObjectLock, PutResult, reuse_existing
 
 __all__ = ["MemoryStore"]
 
@@ -115,29 +115,7 @@ class MemoryStore:
             if versions and not overwrite:
                 current = versions[-1]
                 stored = current.sha256 or hashlib.sha256(current.data).hexdigest()
-                if stored != sha256:
-                    raise ObjectConflict(
-                        f"memory put {key}: the key holds other content "
-                        f"(sha256 {stored}, ours {sha256})",
-                        key=key,
-                        existing_sha256=stored,
-                        new_sha256=sha256,
-                    )
-                if not current.encryption:
-                    raise EncryptionRefused(
-                        f"memory put {key}: the existing object with our content is "
-                        "stored unencrypted; it cannot be reused",
-                        key=key,
-                    )
-                return PutResult(
-                    key,
-                    len(data),
-                    sha256,
-                    current.version_id,
-                    reused=True,
-                    retain_until=current.lock.retain_until if current.lock else None,
-                    lock_mode=current.lock.mode if current.lock else None,
-                )
+                return reuse_existing(f"memory put {key}", current.info(key), stored, sha256)
             version = self._new_version(data, sha256, content_type, self.sse, self.kms_key_id)
             version = dataclasses.replace(version, lock=lock)
             self._objects.setdefault(key, []).append(version)

@@ -36,18 +36,15 @@ from botocore.config import Config
 from archiver.config import StorageSettings
 from archiver.errors import (
     EncryptionRefused,
-    ObjectConflict,
     StoreAccessDenied,
     StoreError,
     StoreUnavailable,
 )
-from archiver.store import BucketState, ObjectInfo, ObjectLock, PutResult
+from archiver.store import BucketState, ObjectInfo, ObjectLock, PutResult, reuse_existing
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import (
-        GetObjectRequestTypeDef,
-        HeadObjectRequestTypeDef,
         PutObjectRequestTypeDef,
     )
 
@@ -267,18 +264,18 @@ class S3Store:
             key=key,
         )
 
-    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
-        """What S3 knows about ``key`` (the latest version, or ``version_id``); None if absent."""
-        request: HeadObjectRequestTypeDef = {
-            "Bucket": self.bucket,
-            "Key": key,
-            "ChecksumMode": "ENABLED",
-        }
+    def _read_request(self, key: str, version_id: str | None) -> dict[str, Any]:
+        """HEAD/GET parameters: stored checksum returned, the SSE-C key if used."""
+        request: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ChecksumMode": "ENABLED"}
         if version_id:
             request["VersionId"] = version_id
-        request.update(self._sse_c)  # type: ignore[typeddict-item]
+        request.update(self._sse_c)
+        return request
+
+    def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
+        """What S3 knows about ``key`` (the latest version, or ``version_id``); None if absent."""
         try:
-            resp = self._client.head_object(**request)
+            resp = self._client.head_object(**self._read_request(key, version_id))
         except bex.ClientError as exc:
             if _code(exc) in _NOT_FOUND_CODES:
                 return None
@@ -304,16 +301,8 @@ class S3Store:
 
     def get(self, key: str, *, version_id: str | None = None) -> bytes:
         """The bytes of ``key``; when S3 holds a checksum, boto3 verifies them against it."""
-        request: GetObjectRequestTypeDef = {
-            "Bucket": self.bucket,
-            "Key": key,
-            "ChecksumMode": "ENABLED",
-        }
-        if version_id:
-            request["VersionId"] = version_id
-        request.update(self._sse_c)  # type: ignore[typeddict-item]
         try:
-            resp = self._client.get_object(**request)
+            resp = self._client.get_object(**self._read_request(key, version_id))
             body = resp["Body"]
             try:
                 # read the StreamingBody itself: `with body as raw` yields the raw urllib3
@@ -443,29 +432,7 @@ class S3Store:
         stored = info.sha256
         if stored is None:  # written by something that stored no (full-object) checksum
             stored = hashlib.sha256(self.get(key, version_id=info.version_id)).hexdigest()
-        if stored != sha256:
-            raise ObjectConflict(
-                f"S3 put {self.bucket}/{key}: the key holds other content "
-                f"(sha256 {stored}, ours {sha256})",
-                key=key,
-                existing_sha256=stored,
-                new_sha256=sha256,
-            )
-        if not info.encryption:
-            raise EncryptionRefused(
-                f"S3 put {self.bucket}/{key}: the existing object with our content is "
-                "stored unencrypted; it cannot be reused",
-                key=key,
-            )
-        return PutResult(
-            key=key,
-            size=len(data),
-            sha256=sha256,
-            version_id=info.version_id,
-            reused=True,
-            retain_until=info.retain_until,
-            lock_mode=info.lock_mode,
-        )
+        return reuse_existing(f"S3 put {self.bucket}/{key}", info, stored, sha256)
 
     def _raise(self, exc: Exception, operation: str, key: str) -> NoReturn:
         """Translate a botocore failure into the StoreError tree (and raise it)."""

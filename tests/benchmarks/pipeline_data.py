@@ -28,10 +28,17 @@ import pybase64
 
 from archiver.idpass.models import SLOTS
 from archiver.sandbox.details import build_details
-from archiver.sandbox.images import comment_offset, render
+from archiver.sandbox.images import (
+    LARGE,
+    MEDIUM,
+    SLOT_CLASS,
+    SMALL,
+    comment_offset,
+    comment_segment,
+    render,
+)
 from archiver.sandbox.state import PassRecord, SandboxState
 
-SMALL, MEDIUM, LARGE = "small", "medium", "large"
 #: (size class, width, height, noise share, JPEG quality): 80 KB ... 1.2 MB
 POOL_SPECS: tuple[tuple[str, int, int, float, int], ...] = (
     (SMALL, 440, 560, 0.19, 86),
@@ -47,13 +54,6 @@ POOL_SPECS: tuple[tuple[str, int, int, float, int], ...] = (
     (LARGE, 1600, 1000, 0.33, 92),
     (LARGE, 1650, 1050, 0.42, 92),
 )
-SLOT_CLASS: dict[str, str] = {
-    "probe": MEDIUM,
-    "id_photo": MEDIUM,
-    "id_photo_cropped": SMALL,
-    **{f"document_{n}_{side}": LARGE for n in (1, 2, 3) for side in ("front", "back")},
-    **{f"document_{n}_photo": SMALL for n in (1, 2, 3)},
-}
 RETENTION_DAYS = 30
 
 
@@ -83,10 +83,9 @@ def _pick(pass_id: str, slot: str) -> PoolImage:
 
 def _head(img: PoolImage, pass_id: str, slot: str) -> bytes:
     """JFIF header + a COM segment, padded to a multiple of 3 bytes in all."""
-    payload = f"bench:{pass_id}:{slot}".encode("ascii")
-    payload += b" " * ((-(img.at + 4 + len(payload))) % 3)
-    segment = b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload
-    head = img.jpeg[: img.at] + segment
+    text = f"bench:{pass_id}:{slot}"
+    text += " " * ((-(img.at + 4 + len(text))) % 3)
+    head = img.jpeg[: img.at] + comment_segment(text)
     assert len(head) % 3 == 0
     return head
 

@@ -22,7 +22,8 @@ from archiver.core.layout import Layout
 from archiver.idpass.client import IdPassClient
 from archiver.logging import configure
 from archiver.metrics import write_textfile
-from archiver.pipeline import Pipeline, PipelineOptions, RunSummary
+from archiver.pipeline import Pipeline, PipelineOptions
+from archiver.results import RunSummary
 from archiver.sandbox import SandboxServer
 from archiver.sources.file import read_file
 from archiver.store import ObjectStore

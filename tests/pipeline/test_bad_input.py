@@ -27,7 +27,8 @@ from archiver.catalog.sql import SqlCatalog
 from archiver.clock import SystemClock, isoformat
 from archiver.core.layout import Layout
 from archiver.idpass.client import IdPassClient
-from archiver.pipeline import EXIT_SYSTEMIC, Pipeline, PipelineOptions
+from archiver.pipeline import Pipeline, PipelineOptions
+from archiver.results import EXIT_SYSTEMIC
 from archiver.sources.file import read_file
 from archiver.store.memory import MemoryStore
 from tests.fixtures.cli import TEST_SIGNER

@@ -11,7 +11,7 @@ import pytest
 from archiver.catalog import Outcome, OutcomeUpdate
 from archiver.core import manifest as mf
 from archiver.idpass.models import SLOTS
-from archiver.pipeline import EXIT_EXPIRED, EXIT_INCOMPLETE, EXIT_OK
+from archiver.results import EXIT_EXPIRED, EXIT_INCOMPLETE, EXIT_OK
 from archiver.sandbox.state import DEFAULT_SLOTS as SANDBOX_DEFAULT_SLOTS
 
 DEFAULT_SLOTS = list(SANDBOX_DEFAULT_SLOTS["complete"])
@@ -162,7 +162,7 @@ def test_unknown_pass_fails_without_stopping_the_run(harness):
 
 def test_bad_token_stops_the_run_as_systemic(harness):
     """A refused token stops the run with the systemic exit code and records nothing."""
-    from archiver.pipeline import EXIT_SYSTEMIC
+    from archiver.results import EXIT_SYSTEMIC
 
     harness.seed(count=3, image_retention_days=5)
     harness.import_ledger()
@@ -253,7 +253,7 @@ def test_a_pass_handled_twice_in_a_run_counts_once():
     """A retry that comes due again in the same run keeps only its last result."""
     from datetime import UTC, datetime
 
-    from archiver.pipeline import PassResult, RunSummary
+    from archiver.results import PassResult, RunSummary
 
     summary = RunSummary(run_id="r", started_at=datetime.now(UTC))
     summary.add(PassResult("a", Outcome.RETRY, "api_server_error"))

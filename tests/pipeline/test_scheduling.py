@@ -6,7 +6,7 @@ import dataclasses
 from datetime import timedelta
 
 from archiver.catalog import Outcome
-from archiver.pipeline import EXIT_EXPIRED
+from archiver.results import EXIT_EXPIRED
 
 
 def test_passes_are_archived_earliest_deadline_first(travel):
