@@ -88,6 +88,9 @@ class StorageSettings(_Section):
     sse_customer_key: SecretStr | None = Field(default=None, exclude=True)
     max_pool_connections: int = Field(default=32, ge=1, le=1024)
     upload_threads: int = Field(default=16, ge=1, le=256)
+    # How objects are put: "crt" (the AWS Common Runtime: signing and I/O in C, about a
+    # third of botocore's CPU per put) or "botocore" (boto3's own put_object).
+    put_client: Literal["crt", "botocore"] = "crt"
     verify_tls: bool = True
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     read_timeout_seconds: float = Field(default=60.0, gt=0)

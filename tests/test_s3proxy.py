@@ -181,8 +181,14 @@ def test_s3_requests_pass_through_with_valid_signatures(
     assert s3_proxy.stats.faulted == 0 and s3_proxy.stats.forwarded == s3_proxy.stats.requests
 
 
-def _store(seaweedfs: SeaweedFS, bucket: str, endpoint: str, attempts: int) -> S3Store:
+PUT_CLIENTS = ["crt", "botocore"]
+
+
+def _store(
+    seaweedfs: SeaweedFS, bucket: str, endpoint: str, attempts: int, put_client: str = "crt"
+) -> S3Store:
     settings = StorageSettings(
+        put_client=put_client,
         bucket=bucket,
         prefix="test",
         endpoint_url=endpoint,
@@ -195,14 +201,16 @@ def _store(seaweedfs: SeaweedFS, bucket: str, endpoint: str, attempts: int) -> S
     return S3Store(settings, credentials=seaweedfs.credentials, max_attempts=attempts)
 
 
+@pytest.mark.parametrize("put_client", PUT_CLIENTS)
 @pytest.mark.parametrize(
     ("kind", "after", "what"),
     [
-        ("slowdown", False, "SlowDown (HTTP 503)"),
-        ("internal", False, "InternalError (HTTP 500)"),
-        ("reset", False, "ConnectionClosedError"),
-        ("stall", False, "ReadTimeoutError"),
-        ("reset", True, "ConnectionClosedError"),
+        # botocore's words; the CRT reports 5xx and throttling by its own error names
+        ("slowdown", False, {"botocore": "SlowDown (HTTP 503)", "crt": "SlowDown (AWS_"}),
+        ("internal", False, {"botocore": "InternalError (HTTP 500)", "crt": "5xx server error"}),
+        ("reset", False, {"botocore": "ConnectionClosedError", "crt": "ConnectionClosedError"}),
+        ("stall", False, {"botocore": "ReadTimeoutError", "crt": "ReadTimeoutError"}),
+        ("reset", True, {"botocore": "ConnectionClosedError", "crt": "ConnectionClosedError"}),
     ],
 )
 def test_each_fault_reaches_the_store_as_unavailable(
@@ -211,31 +219,34 @@ def test_each_fault_reaches_the_store_as_unavailable(
     s3_bucket: str,
     kind: str,
     after: bool,
-    what: str,
+    what: dict[str, str],
+    put_client: str,
 ) -> None:
     """With no retries, each injected fault surfaces as StoreUnavailable (retryable);
     a stall lasts until the client's read timeout, not longer."""
     s3_proxy.configure(stall_seconds=2.0)
-    store = _store(seaweedfs, s3_bucket, s3_proxy.endpoint_url, attempts=1)
+    store = _store(seaweedfs, s3_bucket, s3_proxy.endpoint_url, 1, put_client)
     s3_proxy.script(Decision(kind, after_forward=after))
     began = time.monotonic()
     with store, pytest.raises(StoreUnavailable) as info:
         store.put("test/k", b"data", sha256=hashlib.sha256(b"data").hexdigest(), content_type="x")
-    assert what in str(info.value) and info.value.retryable
+    assert what[put_client] in str(info.value) and info.value.retryable
     assert time.monotonic() - began < 1.9
     assert s3_proxy.stats.faults == {kind: 1}
     written = seaweedfs.versions_per_key(s3_bucket).get("test/k", 0)
     assert written == (1 if after else 0)
 
 
+@pytest.mark.parametrize("put_client", PUT_CLIENTS)
 @pytest.mark.parametrize("kind", ["reset", "stall"])
 def test_a_put_whose_answer_was_lost_is_retried_into_the_same_object(
-    s3_proxy: S3FaultProxy, seaweedfs: SeaweedFS, s3_bucket: str, kind: str
+    s3_proxy: S3FaultProxy, seaweedfs: SeaweedFS, s3_bucket: str, kind: str, put_client: str
 ) -> None:
-    """SeaweedFS stores the object but the answer is lost; botocore retries, the
-    conditional put is refused (412) and the store reuses the object: one version."""
+    """SeaweedFS stores the object but the answer is lost; the client retries (or, for
+    a stall the CRT gives up on, the store's caller would), the conditional put is
+    refused (412) and the store reuses the object: one version."""
     s3_proxy.configure(stall_seconds=2.0)
-    store = _store(seaweedfs, s3_bucket, s3_proxy.endpoint_url, attempts=3)
+    store = _store(seaweedfs, s3_bucket, s3_proxy.endpoint_url, 3, put_client)
     s3_proxy.script(Decision(kind, after_forward=True))
     data = os.urandom(2048)
     with store:
@@ -244,13 +255,14 @@ def test_a_put_whose_answer_was_lost_is_retried_into_the_same_object(
     assert seaweedfs.versions_per_key(s3_bucket) == {"test/k": 1}
 
 
+@pytest.mark.parametrize("put_client", PUT_CLIENTS)
 def test_a_faulty_stretch_is_ridden_out_by_retries(
-    s3_proxy: S3FaultProxy, seaweedfs: SeaweedFS, s3_bucket: str
+    s3_proxy: S3FaultProxy, seaweedfs: SeaweedFS, s3_bucket: str, put_client: str
 ) -> None:
     """At a 25 % fault rate (stalls short), 20 puts with botocore's retries all land,
     once each, and read back intact directly from SeaweedFS."""
     s3_proxy.configure(rate=0.25, seed=7, stall_seconds=0.8)
-    store = _store(seaweedfs, s3_bucket, s3_proxy.endpoint_url, attempts=8)
+    store = _store(seaweedfs, s3_bucket, s3_proxy.endpoint_url, 8, put_client)
     blobs = {f"test/{i:02d}": os.urandom(1000 + i) for i in range(20)}
     with store:
         for key, data in blobs.items():

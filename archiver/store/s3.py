@@ -24,10 +24,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import boto3
 from botocore import exceptions as bex
@@ -41,6 +42,7 @@ from archiver.errors import (
     StoreUnavailable,
 )
 from archiver.store import BucketState, ObjectInfo, ObjectLock, PutResult, reuse_existing
+from archiver.store.crt import CrtPutter, PutTransportError, url_maker
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -180,6 +182,11 @@ class S3Store:
         config_args["s3"] = s3_config
         access_key, secret_key = credentials if credentials else (None, None)
         session = boto3.session.Session()
+        self._session = session
+        self._static_credentials = credentials
+        self._max_attempts = max_attempts
+        self._putter: CrtPutter | None = None
+        self._putter_lock = threading.Lock()
         self._client: S3Client = session.client(
             "s3",
             region_name=settings.region,
@@ -229,7 +236,7 @@ class S3Store:
             request["ObjectLockRetainUntilDate"] = lock.retain_until
         for _ in range(2):
             try:
-                resp = self._client.put_object(**request)
+                resp = self._put_object(request)
             except bex.ClientError as exc:
                 if _code(exc) not in _EXISTS_CODES and _status(exc) != 412:
                     self._raise(exc, "put", key)
@@ -271,6 +278,51 @@ class S3Store:
             request["VersionId"] = version_id
         request.update(self._sse_c)
         return request
+
+    def _put_object(self, request: PutObjectRequestTypeDef) -> dict[str, Any]:
+        """One PutObject: through the CRT (see :mod:`archiver.store.crt`) unless
+        ``storage.put_client`` is ``botocore``. The answer in boto3's shape (the fields
+        the store reads)."""
+        if self.settings.put_client == "botocore":
+            return dict(self._client.put_object(**request))
+        self._credentials()  # missing credentials: botocore's error, before the CRT
+        got = self._crt().put(request["Key"], cast(bytes, request["Body"]), _put_headers(request))
+        return {
+            "VersionId": got.get("x-amz-version-id"),
+            "ServerSideEncryption": got.get("x-amz-server-side-encryption"),
+            "SSECustomerAlgorithm": got.get("x-amz-server-side-encryption-customer-algorithm"),
+        }
+
+    def _crt(self) -> CrtPutter:
+        with self._putter_lock:
+            if self._putter is None:
+                probe = "idpass-archiver/url-probe"
+                presigned = self._client.generate_presigned_url(
+                    "put_object", Params={"Bucket": self.bucket, "Key": probe}, ExpiresIn=60
+                )
+                self._putter = CrtPutter(
+                    url_for=url_maker(presigned, probe),
+                    region=self.settings.region,
+                    credentials=self._credentials,
+                    verify_tls=self.settings.verify_tls,
+                    connect_timeout=self.settings.connect_timeout_seconds,
+                    read_timeout=self.settings.read_timeout_seconds,
+                    max_attempts=self._max_attempts,
+                    max_connections=self.settings.max_pool_connections,
+                )
+            return self._putter
+
+    def _credentials(self) -> tuple[str, str, str | None]:
+        """botocore's credentials now (refreshed as botocore refreshes them)."""
+        if self._static_credentials is not None:
+            return (*self._static_credentials, None)
+        found = self._session.get_credentials()
+        if found is None:
+            raise bex.NoCredentialsError()
+        frozen = found.get_frozen_credentials()
+        if not frozen.access_key or not frozen.secret_key:
+            raise bex.PartialCredentialsError(provider="botocore", cred_var="secret_key")
+        return frozen.access_key, frozen.secret_key, frozen.token
 
     def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
         """What S3 knows about ``key`` (the latest version, or ``version_id``); None if absent."""
@@ -452,11 +504,47 @@ class S3Store:
         name = type(exc).__name__
         if isinstance(exc, _CREDENTIAL_ERRORS):
             raise StoreAccessDenied(f"{where}: no usable credentials ({name})", key=key) from exc
+        if isinstance(exc, PutTransportError):
+            raise StoreUnavailable(f"{where}: {exc}", key=key) from exc
         if isinstance(exc, _TRANSPORT_ERRORS):
             raise StoreUnavailable(f"{where}: {name}", key=key) from exc
         if isinstance(exc, bex.BotoCoreError):
             raise StoreError(f"{where}: {name}", key=key) from exc
         raise exc
+
+
+_PUT_HEADERS = {
+    "ContentType": "Content-Type",
+    "ChecksumSHA256": "x-amz-checksum-sha256",
+    "ServerSideEncryption": "x-amz-server-side-encryption",
+    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+    "SSECustomerAlgorithm": "x-amz-server-side-encryption-customer-algorithm",
+    "IfNoneMatch": "If-None-Match",
+    "ObjectLockMode": "x-amz-object-lock-mode",
+}
+
+
+def _put_headers(request: PutObjectRequestTypeDef) -> list[tuple[str, str]]:
+    """The HTTP headers botocore would send for these PutObject parameters."""
+    params: dict[str, Any] = dict(request)
+    headers = [(name, str(params[p])) for p, name in _PUT_HEADERS.items() if p in params]
+    customer_key = params.get("SSECustomerKey")
+    if customer_key is not None:
+        digest = hashlib.md5(customer_key, usedforsecurity=False).digest()
+        headers += [
+            ("x-amz-server-side-encryption-customer-key", base64.b64encode(customer_key).decode()),
+            ("x-amz-server-side-encryption-customer-key-MD5", base64.b64encode(digest).decode()),
+        ]
+    until = params.get("ObjectLockRetainUntilDate")
+    if until is not None:
+        headers.append(("x-amz-object-lock-retain-until-date", _iso8601(until)))
+    return headers
+
+
+def _iso8601(value: datetime) -> str:
+    """botocore's form of a timestamp header (ISO 8601, UTC, microseconds if any)."""
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if value.microsecond else "%Y-%m-%dT%H:%M:%SZ")
 
 
 def _code(exc: bex.ClientError) -> str:

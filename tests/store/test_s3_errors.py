@@ -1,8 +1,11 @@
-"""S3Store's translation of S3 answers, without a server.
+"""S3Store's translation of S3 answers, from answers the test writes.
 
-Requests never leave the process: a ``before-send`` handler on the store's boto3 client
-(botocore's own hook for answering a request) plays the server, the way
-``httpx.MockTransport`` does for httpx.
+boto3's requests never leave the process: a ``before-send`` handler on the store's
+boto3 client (botocore's own hook for answering a request) plays the server, the way
+``httpx.MockTransport`` does for httpx. Puts are tested both ways the store can send
+them (``storage.put_client``): through boto3, answered by that hook, and through the
+AWS CRT, which speaks HTTP itself, so a loopback server hands its requests to the same
+handler and writes the answers it returns.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import threading
+import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from botocore import exceptions as bex
-from botocore.awsrequest import AWSPreparedRequest, AWSResponse, HTTPHeaders
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse, HeadersDict, HTTPHeaders
 
 from archiver.config import StorageSettings
 from archiver.errors import (
@@ -78,16 +84,62 @@ def stored(**extra: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def served() -> Iterator[Callable[..., tuple[S3Store, list[AWSPreparedRequest]]]]:
-    stores: list[S3Store] = []
+class _Loopback(ThreadingHTTPServer):
+    """Answers the CRT's requests with ``handle(request)``: an AWSResponse is written
+    back; an exception closes the connection unanswered."""
 
-    def make(*answers: AWSResponse | Exception | Handler) -> tuple[S3Store, list[Any]]:
-        settings = StorageSettings(
-            bucket="unit-bucket", endpoint_url="http://s3.test", kms_key_id="archive-key"
-        )
-        store = S3Store(settings, credentials=("key", "secret"), max_attempts=1)
-        stores.append(store)
+    daemon_threads = True
+
+    def __init__(self, handle: Callable[[AWSPreparedRequest], AWSResponse]) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_PUT(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = AWSPreparedRequest(
+                    "PUT",
+                    f"http://{self.headers['Host']}{self.path}",
+                    HeadersDict(dict(self.headers.items())),
+                    body,
+                    False,
+                )
+                try:
+                    response = outer.handle(request)
+                except Exception:
+                    self.close_connection = True
+                    return
+                payload = response.raw.read()
+                self.send_response(response.status_code)
+                for name, value in response.headers.items():
+                    if name.lower() != "content-length":
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.handle = handle
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture(params=["botocore", "crt"])
+def served(request: pytest.FixtureRequest) -> Iterator[Callable[..., tuple[S3Store, list[Any]]]]:
+    stores: list[S3Store] = []
+    servers: list[_Loopback] = []
+    put_client = request.param
+
+    def make(
+        *answers: AWSResponse | Exception | Handler, **settings_: Any
+    ) -> tuple[S3Store, list[Any]]:
         queue, seen = list(answers), []
 
         def handler(request: AWSPreparedRequest, **_: Any) -> AWSResponse:
@@ -97,13 +149,30 @@ def served() -> Iterator[Callable[..., tuple[S3Store, list[AWSPreparedRequest]]]
                 raise item
             return item(request) if callable(item) else item
 
+        endpoint = "http://s3.test"
+        if put_client == "crt":
+            servers.append(_Loopback(handler))
+            endpoint = servers[-1].url
+        settings = StorageSettings(
+            bucket="unit-bucket",
+            endpoint_url=endpoint,
+            kms_key_id="archive-key",
+            put_client=put_client,
+            **settings_,
+        )
+        store = S3Store(settings, credentials=("key", "secret"), max_attempts=1)
+        stores.append(store)
         events = store._client.meta.events  # the test seam: botocore's own send hook
         events.register("before-send.s3", handler)  # type: ignore[arg-type]
         return store, seen
 
+    make.put_client = put_client  # type: ignore[attr-defined]
     yield make
     for store in stores:
         store.close()
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
 def test_put_sends_our_checksum_a_condition_and_the_encryption(served: Any) -> None:
@@ -242,8 +311,14 @@ def test_s3_error_codes_map_onto_the_store_errors(
 
     assert type(caught.value) is expected
     assert caught.value.key == KEY
-    assert KEY in str(caught.value) and code in str(caught.value)
-    assert SECRET_TEXT not in str(caught.value)
+    message = str(caught.value)
+    if served.put_client == "crt" and expected is StoreUnavailable:
+        # 5xx, throttling and RequestTimeout are retried inside the CRT, which then
+        # reports its own error name, without the status or the body
+        assert KEY in message and (code in message or "(AWS_ERROR_S3_" in message)
+    else:
+        assert KEY in message and code in message
+    assert SECRET_TEXT not in message
 
 
 def test_a_bodyless_403_on_head_is_access_denied(served: Any) -> None:
@@ -273,3 +348,36 @@ def test_transport_failures_are_unavailable(served: Any, failure: Exception) -> 
 
     assert caught.value.retryable and type(failure).__name__ in str(caught.value)
     assert isinstance(caught.value.__cause__, bex.BotoCoreError)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [bex.ConnectionClosedError(endpoint_url="http://s3.test")],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_a_put_whose_connection_drops_is_unavailable(served: Any, failure: Exception) -> None:
+    """A put answered by a closed connection raises the retryable StoreUnavailable."""
+    store, _ = served(failure)
+
+    with pytest.raises(StoreUnavailable) as caught:
+        store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+
+    assert caught.value.retryable and "ConnectionClosedError" in str(caught.value)
+
+
+@pytest.mark.parametrize("served", ["crt"], indirect=True)
+def test_a_put_never_answered_times_out(served: Any) -> None:
+    """A server that takes the body and never answers: StoreUnavailable after the read
+    timeout, not a hang. (Only the CRT put meets a real socket here; botocore's read
+    timeout is tested through the S3 fault proxy, tests/test_s3proxy.py.)"""
+
+    def stall(request: AWSPreparedRequest) -> AWSResponse:
+        time.sleep(4)
+        return answer(200, stored())
+
+    store, _ = served(stall, read_timeout_seconds=1.0)
+
+    began = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="ReadTimeoutError"):
+        store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+    assert time.monotonic() - began < 3.5
