@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import orjson
 
 from archiver.clock import isoformat
 from archiver.core.images import sha256_hex
+
+if TYPE_CHECKING:
+    import jsonschema
 
 MANIFEST_VERSION = 1
 KIND = "idpass-archiver/pass-manifest"
@@ -165,7 +167,11 @@ def schema() -> dict[str, Any]:
 
 @cache
 def _validator(schema_file: str) -> jsonschema.Draft202012Validator:
-    """One validator per schema (building it costs more than validating a manifest)."""
+    """One validator per schema (building it costs more than validating a manifest).
+    jsonschema (about 27 ms to import) is imported here, on first use: commands that
+    validate nothing (status, report, enqueue, ...) never load it."""
+    import jsonschema
+
     return jsonschema.Draft202012Validator(load_schema(schema_file))
 
 

@@ -396,6 +396,12 @@ class SeaweedFS:
             "-admin.ui=false",
             "-master.telemetry=false",
             "-volume.preStopSeconds=0",
+            # Every bucket is a collection with volumes of its own. Left to itself, weed
+            # sizes volumes at up to 1 GB and allows free disk / size of them (75 on a
+            # disk with 76 GB free): the test suite, one bucket per test, ran out. Small
+            # volumes, many allowed: they take disk only as data is written.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=1000",
         ]
 
     def _spawn(self, identities: Path, env: dict[str, str], attempt: int) -> None:

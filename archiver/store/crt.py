@@ -65,8 +65,8 @@ class CrtPutter:
         self._tls = sample.scheme == "https"
         self._read_timeout = read_timeout
         self._attempts = max_attempts
-        elg = crt_io.EventLoopGroup(2)
-        bootstrap = crt_io.ClientBootstrap(elg, crt_io.DefaultHostResolver(elg))
+        # the process-wide event loop group and resolver (what s3transfer's CRT uses)
+        bootstrap = crt_io.ClientBootstrap.get_or_create_static_default()
         tls_options = None
         if self._tls and not verify_tls:
             ctx_options = crt_io.TlsContextOptions()
@@ -91,6 +91,13 @@ class CrtPutter:
             else s3.S3RetryConfig(retry_mode=s3.S3RetryMode.NONE),
             connect_timeout_ms=int(connect_timeout * 1000),
         )
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Shut the CRT client down: its connections are closed when this returns (or
+        after ``timeout`` seconds). Puts must not be in flight."""
+        shutdown = self._client.shutdown_event
+        del self._client
+        shutdown.wait(timeout)
 
     def put(self, key: str, data: bytes, headers: list[tuple[str, str]]) -> dict[str, str]:
         """PUT ``data`` to ``key`` with ``headers``; the response headers (lower-case

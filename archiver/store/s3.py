@@ -465,8 +465,12 @@ class S3Store:
             self._raise(exc, "delete", key)
 
     def close(self) -> None:
-        """Release the connection pool."""
+        """Release the connection pools (boto3's, and the CRT client's if one was made)."""
         self._client.close()
+        with self._putter_lock:
+            putter, self._putter = self._putter, None
+        if putter is not None:
+            putter.close()
 
     def __enter__(self) -> S3Store:
         return self
