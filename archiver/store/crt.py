@@ -92,12 +92,10 @@ class CrtPutter:
             connect_timeout_ms=int(connect_timeout * 1000),
         )
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Shut the CRT client down: its connections are closed when this returns (or
-        after ``timeout`` seconds). Puts must not be in flight."""
-        shutdown = self._client.shutdown_event
+    def close(self) -> None:
+        """Let the CRT client go: it closes its connections in the background once the
+        last request referring to it is gone. Puts must not be in flight."""
         del self._client
-        shutdown.wait(timeout)
 
     def put(self, key: str, data: bytes, headers: list[tuple[str, str]]) -> dict[str, str]:
         """PUT ``data`` to ``key`` with ``headers``; the response headers (lower-case
@@ -148,10 +146,12 @@ class CrtPutter:
             meta.cancel()
             done.wait(5)
             return None
-        try:
-            meta.finished_future.result(timeout=5)
-        except AwsCrtError as exc:
-            raise _failure(exc, failure) from None
+        error = meta.finished_future.exception(timeout=5)
+        del meta  # a raised exception's frame must not keep the request (and client) alive
+        if isinstance(error, AwsCrtError):
+            raise _failure(error, failure)
+        if error is not None:
+            raise error
         return got
 
 
