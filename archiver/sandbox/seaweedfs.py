@@ -396,11 +396,11 @@ class SeaweedFS:
             "-admin.ui=false",
             "-master.telemetry=false",
             "-volume.preStopSeconds=0",
-            # Every bucket is a collection with volumes of its own. Left to itself, weed
-            # sizes volumes at up to 1 GB and allows free disk / size of them (75 on a
-            # disk with 76 GB free): the test suite, one bucket per test, ran out. Small
-            # volumes, many allowed: they take disk only as data is written.
-            "-master.volumeSizeLimitMB=64",
+            # Every bucket is a collection with a volume of its own, and weed allows
+            # free disk / volume size of them (75 with 76 GB free, at 1 GB a volume):
+            # the test suite, one bucket per test, ran out. Volumes take disk only as
+            # data is written, so allow many. (Smaller volumes would also do, but weed
+            # then stops to grow new ones every few hundred MB: the benchmark slowed.)
             "-volume.max=1000",
         ]
 
