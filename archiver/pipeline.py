@@ -36,6 +36,7 @@ from archiver.catalog import Catalog, CatalogEntry, Outcome, OutcomeUpdate, Scop
 from archiver.clock import Clock, isoformat
 from archiver.core import manifest as mf
 from archiver.core.images import (
+    Base64Text,
     CheckedImage,
     check_image,
     decode_base64,
@@ -526,7 +527,7 @@ class Pipeline:
         raw_key = crypto.parse_key(local_key) if local_key is not None else None
         limit = self.opt.max_image_bytes
 
-        def one(slot: str, text: str | bytes) -> CheckedImage:
+        def one(slot: str, text: Base64Text) -> CheckedImage:
             if not valid_slot_name(slot):
                 raise ImageDecodeError("image slot name is not a safe key segment", pass_id=pid)
             if raw_key is not None:
@@ -539,17 +540,20 @@ class Pipeline:
                 data = decode_base64(text, slot=slot, max_bytes=limit)
             return check_image(slot, data)
 
-        tasks = [self._io(one, slot, text) for slot, text in read.images.items()]
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        checked: list[CheckedImage] = []
-        for slot, res in zip(read.images, results, strict=True):
-            if isinstance(res, PayloadError):
-                res.pass_id = pid
-                raise type(res)(f"slot {slot}: {res.message}", pass_id=pid, slot=slot)
-            if isinstance(res, BaseException):
-                raise res
-            checked.append(res)
-        return checked
+        def every() -> list[CheckedImage]:
+            # one hand-off to a thread for the pass, not one per image: decoding,
+            # checking and hashing release the GIL or are short, and other passes
+            # keep the other core busy meanwhile
+            checked = []
+            for slot, text in read.images.items():
+                try:
+                    checked.append(one(slot, text))
+                except PayloadError as exc:
+                    raise type(exc)(f"slot {slot}: {exc.message}", pass_id=pid, slot=slot) from None
+            return checked
+
+        result: list[CheckedImage] = await self._io(every)
+        return result
 
     async def _sealed_images(self, pid: str, read: PassRead) -> list[CheckedImage]:
         out = []

@@ -29,8 +29,7 @@ import orjson
 
 from archiver.core import manifest as mf
 from archiver.core.layout import MANIFEST, Layout
-from archiver.core.runlog import RUN_MANIFEST_VERSION
-from archiver.core.runlog import SCHEMA_FILE as RUN_SCHEMA
+from archiver.core.runlog import validate_run_manifest
 from archiver.core.signing import Verifier
 from archiver.errors import StoreError
 from archiver.store import ObjectInfo, ObjectStore
@@ -246,7 +245,7 @@ class ArchiveChecker:
             self.report.run_manifests_checked += 1
             try:
                 doc = orjson.loads(data)
-                mf.validate_against(RUN_SCHEMA, doc, "run_manifest_version", RUN_MANIFEST_VERSION)
+                validate_run_manifest(doc)
             except (orjson.JSONDecodeError, mf.ManifestFormatError) as exc:
                 self._find("invalid_run_manifest", o.key, str(exc))
                 continue

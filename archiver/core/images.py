@@ -13,6 +13,10 @@ from PIL import Image, UnidentifiedImageError
 
 from archiver.errors import ImageDecodeError
 
+# Base64 text as the client hands it on: a view into the response body (the usual
+# case), bytes, or a str where the JSON string had escapes.
+Base64Text = str | bytes | memoryview
+
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
 _SLOT_RE = re.compile(r"^[a-z0-9_]{1,64}$")
@@ -43,7 +47,7 @@ def valid_slot_name(slot: str) -> bool:
     return bool(_SLOT_RE.match(slot))
 
 
-def decode_base64(text: str | bytes, *, slot: str | None = None, max_bytes: int) -> bytes:
+def decode_base64(text: Base64Text, *, slot: str | None = None, max_bytes: int) -> bytes:
     """Strict Base64 → bytes. Whitespace or invalid characters are rejected."""
     if not text:
         raise ImageDecodeError("image is an empty string", slot=slot)
@@ -89,7 +93,7 @@ def check_image(slot: str, data: bytes) -> CheckedImage:
     return CheckedImage(slot=slot, data=data, sha256=sha256_hex(data), width=width, height=height)
 
 
-def sealed_payload(slot: str, token: str | bytes, *, max_bytes: int) -> CheckedImage:
+def sealed_payload(slot: str, token: Base64Text, *, max_bytes: int) -> CheckedImage:
     """Passthrough: an encrypted image token (Base64 of nonce || ciphertext || tag) kept
     as received. Only its form can be checked: no JPEG check is possible."""
     data = decode_base64(token, slot=slot, max_bytes=max_bytes + 28)
@@ -100,6 +104,6 @@ def sealed_payload(slot: str, token: str | bytes, *, max_bytes: int) -> CheckedI
     )
 
 
-def decode_and_check(slot: str, text: str | bytes, *, max_bytes: int) -> CheckedImage:
+def decode_and_check(slot: str, text: Base64Text, *, max_bytes: int) -> CheckedImage:
     """Base64 text → checked, hashed JPEG."""
     return check_image(slot, decode_base64(text, slot=slot, max_bytes=max_bytes))

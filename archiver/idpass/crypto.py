@@ -28,6 +28,7 @@ import pybase64
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from archiver.core.images import Base64Text
 from archiver.errors import DecryptionError
 
 NONCE_BYTES = 12
@@ -61,7 +62,7 @@ def encrypt_value(key: bytes, plaintext: bytes, nonce: bytes | None = None) -> s
     return pybase64.b64encode(nonce + sealed).decode("ascii")
 
 
-def decrypt_value(key: bytes, token: str | bytes) -> bytes:
+def decrypt_value(key: bytes, token: Base64Text) -> bytes:
     """Open one encrypted value. Raises :class:`DecryptionError` on any failure."""
     try:
         blob = pybase64.b64decode(token, validate=True)
@@ -88,7 +89,7 @@ def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
 def _transform(
     doc: dict[str, Any],
     text_fn: Callable[[str], str],
-    image_fn: Callable[[str | bytes], str | bytes],
+    image_fn: Callable[[Base64Text], Base64Text],
 ) -> dict[str, Any]:
     out = dict(doc)
     for field in ENCRYPTED_TOP_LEVEL:
@@ -102,7 +103,8 @@ def _transform(
     images = out.get(IMAGES_FIELD)
     if isinstance(images, dict):
         out[IMAGES_FIELD] = {
-            slot: (image_fn(v) if isinstance(v, str | bytes) else v) for slot, v in images.items()
+            slot: (image_fn(v) if isinstance(v, str | bytes | memoryview) else v)
+            for slot, v in images.items()
         }
     return out
 
@@ -114,7 +116,7 @@ def encrypt_response(doc: dict[str, Any], cipher_key: str) -> dict[str, Any]:
     def text(s: str) -> str:
         return encrypt_value(key, s.encode("utf-8"))
 
-    def image(b64: str | bytes) -> str:
+    def image(b64: Base64Text) -> str:
         return encrypt_value(key, pybase64.b64decode(b64))
 
     out = _transform(doc, text, image)
@@ -139,10 +141,10 @@ def decrypt_response(
         except UnicodeDecodeError:
             raise DecryptionError("decrypted text field is not UTF-8") from None
 
-    def image(token: str | bytes) -> str:
+    def image(token: Base64Text) -> str:
         return pybase64.b64encode(decrypt_value(key, token)).decode("ascii")
 
-    def keep(token: str | bytes) -> str | bytes:
+    def keep(token: Base64Text) -> Base64Text:
         return token
 
     out = _transform(doc, text, image if images else keep)

@@ -25,7 +25,8 @@ against a freshly started SeaweedFS with an SSE-KMS key:
   the faster of the two is (c);
 * (d) a naive sequential script, one pass at a time (:mod:`~tests.benchmarks.pipeline_naive`).
 
-With ``--latency``, (a) and (d) run again on ``--latency-passes`` passes (default 50)
+With ``--latency``, (a) and (d) run again on ``--latency-passes`` passes (default 50;
+several values measure each, e.g. ``--latency-passes 50 500``)
 with 150 ms added to each details response and 15 ms to each S3 request (a loopback
 delay proxy, :mod:`~tests.benchmarks.pipeline_proxy`). ``--profile DIR`` also runs (a)
 once under ``py-spy`` (``pip install py-spy``) and prints where its CPU goes.
@@ -110,6 +111,9 @@ class Result:
     exit_code: int
     checked: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # each server's share of server_cpu_s: SeaweedFS, then the details server and the
+    # delay proxy where the variant used them
+    server_cpu_each: list[float] = field(default_factory=list)
 
     @property
     def cpu_s(self) -> float:
@@ -133,15 +137,18 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _cpu_of(pids: list[int]) -> float | None:
+def _cpu_of(pids: list[int]) -> list[float] | None:
+    """CPU seconds each of ``pids`` has used so far (0.0 for one that is gone)."""
     if psutil is None:
         return None
-    total = 0.0
+    each = []
     for pid in pids:
+        used = 0.0
         with contextlib.suppress(psutil.Error):
             t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-    return total
+            used = t.user + t.system
+        each.append(used)
+    return each
 
 
 def _busy_cpu() -> float | None:
@@ -181,6 +188,7 @@ class Measured:
     stdout: str
     server_cpu: float | None  # the benchmark's servers (SeaweedFS, details, proxy)
     other_cpu: float | None  # every other process on the machine: should be ~0
+    server_cpu_each: list[float]  # per server, in the order of run_child's ``servers``
 
 
 def run_child(
@@ -199,12 +207,14 @@ def run_child(
         proc.returncode = os.waitstatus_to_exitcode(status)
     after, busy_after = _cpu_of(servers), _busy_cpu()
     server_cpu = other = None
+    each: list[float] = []
     if before is not None and after is not None:
-        server_cpu = after - before
+        each = [round(b - a, 3) for a, b in zip(before, after, strict=True)]
+        server_cpu = sum(each)
         if busy_before is not None and busy_after is not None:
             other = busy_after - busy_before - server_cpu - usage.ru_utime - usage.ru_stime
             other = max(other, 0.0)
-    return Measured(proc.returncode, wall, usage, out_path.read_text(), server_cpu, other)
+    return Measured(proc.returncode, wall, usage, out_path.read_text(), server_cpu, other, each)
 
 
 def _err_tail(logs: Path) -> str:
@@ -455,6 +465,7 @@ class Bench:
             server_cpu_s=m.server_cpu,
             other_cpu_s=m.other_cpu,
             exit_code=m.code,
+            server_cpu_each=m.server_cpu_each,
         )
 
     def archiver_config(
@@ -978,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
         default=list(VARIANTS),
         help="measure only these (e.g. --variants a to re-measure the archiver after a change)",
     )
-    parser.add_argument("--latency-passes", type=int, default=50)
+    parser.add_argument("--latency-passes", type=int, nargs="+", default=[50])
     parser.add_argument(
         "--no-plain",
         action="store_true",
@@ -1024,7 +1035,8 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.passes:
                 runs.append(measure(bench, n, args.s5cmd_workers, with_fixed=n == args.passes[0]))
         if args.latency:
-            runs.append(measure_latency(bench, args.latency_passes))
+            for n in args.latency_passes:
+                runs.append(measure_latency(bench, n))
         if args.profile:
             profile_text = profile_archiver(bench, min(args.passes), args.profile)
     finally:

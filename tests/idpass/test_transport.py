@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from archiver.core.images import decode_base64
 from archiver.errors import ApiMalformedResponse, ApiServerError, ApiTransportError
 from archiver.idpass.client import IdPassClient, load_json
 from tests.helpers import make_jpeg
@@ -200,6 +201,11 @@ async def test_http_errors_and_non_json_over_a_real_socket(server):
     [
         (b'{"a": 1, "images": {"p": "QUJD"}}', {"a": 1, "images": {"p": b"QUJD"}}),
         (b'{"images": {"p": "QU\\/D"}}', {"images": {"p": "QU/D"}}),
+        # an escape elsewhere in the body: slot by slot, copied out or JSON-decoded
+        (
+            b'{"name": "a\\"b", "images": {"p": "QUJD", "q": "QU\\/D"}}',
+            {"name": 'a"b', "images": {"p": b"QUJD", "q": "QU/D"}},
+        ),
         (b'{"images": {"p": null, "q": 5}}', {"images": {"p": None, "q": 5}}),
         (b'{"images": null}', {"images": None}),
         (b'{"images": "oops"}', {"images": "oops"}),
@@ -216,5 +222,14 @@ async def test_http_errors_and_non_json_over_a_real_socket(server):
         ),
     ],
 )
-def test_load_json_keeps_base64_as_bytes(body, expected):
-    assert load_json(body) == expected
+def test_load_json_leaves_base64_undecoded(body, expected):
+    assert load_json(body) == expected  # a memoryview equals the bytes it shows
+
+
+def test_load_json_images_are_views_of_the_body():
+    """No escape in the body: each image is a zero-copy view of the body's bytes."""
+    body = b'{"id": "x", "images": {"p": "QUJD", "q": "RUZH"}}'
+    images = load_json(body)["images"]
+    assert all(isinstance(v, memoryview) for v in images.values())
+    assert [bytes(v) for v in images.values()] == [b"QUJD", b"RUZH"]
+    assert decode_base64(images["q"], max_bytes=10) == b"EFG"
