@@ -584,16 +584,15 @@ class Pipeline:
         overwrite: bool = False,
     ) -> PutResult:
         try:
-            res: PutResult = await self._io(
-                self.store.put,
+            return await self.store.put_async(
                 key,
                 data,
                 sha256=sha,
                 content_type=ctype,
                 lock=self._lock(),
                 overwrite=overwrite,
+                offload=self._io,
             )
-            return res
         except ObjectConflict:
             if not adopt:
                 raise

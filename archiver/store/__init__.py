@@ -15,17 +15,23 @@ Contract of :class:`ObjectStore` (every implementation, real or in memory, passe
   :class:`~archiver.errors.StoreError` for one.
 * every other failure is a :class:`~archiver.errors.StoreError` subclass; retryable
   ones are :class:`~archiver.errors.StoreUnavailable`.
+* ``put_async`` is ``put`` for an asyncio caller, with the same outcomes; it runs
+  whatever blocks through the ``offload`` it is given (the pipeline's thread pool).
+  The S3 store sends CRT puts without a thread; the memory store offloads ``put``.
 * implementations are thread-safe: the pipeline calls them from a thread pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from archiver.errors import EncryptionRefused, ObjectConflict
+
+#: Runs ``fn(*args, **kwargs)`` off the event loop (in a thread) and returns its result.
+Offload = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,18 @@ class ObjectStore(Protocol):
         content_type: str,
         lock: ObjectLock | None = None,
         overwrite: bool = False,
+    ) -> PutResult: ...
+
+    async def put_async(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        sha256: str,
+        content_type: str,
+        lock: ObjectLock | None = None,
+        overwrite: bool = False,
+        offload: Offload,
     ) -> PutResult: ...
 
     def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None: ...

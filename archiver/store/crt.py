@@ -23,9 +23,12 @@ Retries (5xx, throttling, connection errors) are the CRT's, with the store's att
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from awscrt import auth, http, s3
@@ -110,51 +113,117 @@ class CrtPutter:
         are left, sent again. If the server had stored it, the new attempt's
         ``If-None-Match`` is refused and the store reuses the object.
         """
-        url = urlsplit(self._url_for(key))
-        path = url.path + (f"?{url.query}" if url.query else "")
-        fields = [("Host", url.netloc), ("Content-Length", str(len(data))), *headers]
-        patience = self._read_timeout + len(data) / 1024**2
-        for attempt in range(1, self._attempts + 1):
-            got = self._attempt(path, fields, data, patience)
-            if got is not None:
-                return got
-            if attempt == self._attempts:
-                raise PutTransportError("ReadTimeoutError (no answer in time)")
-        raise AssertionError("unreachable: attempts is at least 1")
+        request = self._request(key, data, headers)
+        for _ in range(self._attempts):
+            attempt = _Attempt(self._client, request, on_done=None)
+            if attempt.done.wait(request.patience):
+                return attempt.outcome()
+            attempt.cancel()
+            attempt.done.wait(5)
+        raise PutTransportError("ReadTimeoutError (no answer in time)")
 
-    def _attempt(
-        self, path: str, fields: list[tuple[str, str]], data: bytes, patience: float
-    ) -> dict[str, str] | None:
-        """One put through the CRT; its response headers, or None if it was cancelled
-        for having no answer within ``patience`` seconds."""
-        got: dict[str, str] = {}
-        failure: dict[str, object] = {}
-        done = threading.Event()
+    async def put_async(
+        self, key: str, data: bytes, headers: list[tuple[str, str]]
+    ) -> dict[str, str]:
+        """:meth:`put` for an asyncio caller, without a thread: the request is started
+        from the event loop and its completion (on a CRT thread) wakes the loop. Saves
+        the hand-off to and from an upload thread on every put (0.60 against 0.86 ms of
+        client CPU a 340 KB put, measured on this project's 2-core VM). If the caller is
+        cancelled, so is the request."""
+        loop = asyncio.get_running_loop()
+        request = self._request(key, data, headers)
+        for _ in range(self._attempts):
+            woken: asyncio.Future[None] = loop.create_future()
+            attempt = _Attempt(self._client, request, on_done=_waker(loop, woken))
+            try:
+                await asyncio.wait_for(asyncio.shield(woken), request.patience)
+            except TimeoutError:
+                attempt.cancel()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, 5)
+                continue
+            except asyncio.CancelledError:
+                attempt.cancel()
+                raise
+            return attempt.outcome()
+        raise PutTransportError("ReadTimeoutError (no answer in time)")
+
+    def _request(self, key: str, data: bytes, headers: list[tuple[str, str]]) -> _Request:
+        url = urlsplit(self._url_for(key))
+        return _Request(
+            path=url.path + (f"?{url.query}" if url.query else ""),
+            fields=[("Host", url.netloc), ("Content-Length", str(len(data))), *headers],
+            data=data,
+            patience=self._read_timeout + len(data) / 1024**2,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    path: str
+    fields: list[tuple[str, str]]
+    data: bytes
+    patience: float  # seconds without an answer before an attempt is given up
+
+
+def _waker(loop: asyncio.AbstractEventLoop, woken: asyncio.Future[None]) -> Callable[[], None]:
+    """A callback for a CRT thread that completes ``woken`` on ``loop``."""
+
+    def settle() -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(settle)
+
+    return wake
+
+
+class _Attempt:
+    """One PutObject request in flight through the CRT."""
+
+    def __init__(
+        self, client: s3.S3Client, request: _Request, on_done: Callable[[], None] | None
+    ) -> None:
+        self.got: dict[str, str] = {}
+        self.failure: dict[str, object] = {}
+        self.done = threading.Event()
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: object) -> None:
-            got.update((name.lower(), value) for name, value in headers)
+            self.got.update((name.lower(), value) for name, value in headers)
 
-        def on_done(**kwargs: object) -> None:
-            failure.update(status=kwargs.get("status_code"), body=kwargs.get("error_body"))
-            done.set()
+        def finished(**kwargs: object) -> None:
+            # called after the request's finished_future is set
+            self.failure.update(status=kwargs.get("status_code"), body=kwargs.get("error_body"))
+            self.done.set()
+            if on_done is not None:
+                on_done()
 
-        meta = self._client.make_request(
-            type=s3.S3RequestType.PUT_OBJECT,
-            request=http.HttpRequest("PUT", path, http.HttpHeaders(fields), io.BytesIO(data)),
-            on_headers=on_headers,
-            on_done=on_done,
+        http_request = http.HttpRequest(
+            "PUT", request.path, http.HttpHeaders(request.fields), io.BytesIO(request.data)
         )
-        if not done.wait(patience):
-            meta.cancel()
-            done.wait(5)
-            return None
-        error = meta.finished_future.exception(timeout=5)
-        del meta  # a raised exception's frame must not keep the request (and client) alive
+        self._meta: s3.S3Request | None = client.make_request(
+            type=s3.S3RequestType.PUT_OBJECT,
+            request=http_request,
+            on_headers=on_headers,
+            on_done=finished,
+        )
+
+    def cancel(self) -> None:
+        if self._meta is not None:
+            self._meta.cancel()
+
+    def outcome(self) -> dict[str, str]:
+        """The response headers of a finished request, or its failure raised."""
+        assert self._meta is not None
+        error = self._meta.finished_future.exception(timeout=5)
+        self._meta = None  # a raised exception's frame must not keep the request (and client) alive
         if isinstance(error, AwsCrtError):
-            raise _failure(error, failure)
+            raise _failure(error, self.failure)
         if error is not None:
             raise error
-        return got
+        return self.got
 
 
 def _failure(exc: AwsCrtError, failure: dict[str, object]) -> Exception:

@@ -44,7 +44,14 @@ from archiver.errors import (
     StoreError,
     StoreUnavailable,
 )
-from archiver.store import BucketState, ObjectInfo, ObjectLock, PutResult, reuse_existing
+from archiver.store import (
+    BucketState,
+    ObjectInfo,
+    ObjectLock,
+    Offload,
+    PutResult,
+    reuse_existing,
+)
 from archiver.store.crt import CrtPutter, PutTransportError, url_maker
 
 if TYPE_CHECKING:
@@ -130,6 +137,15 @@ def _session() -> botocore.session.Session:
     loader.file_loader = _FastJSONFileLoader()
     session.register_component("data_loader", loader)
     return session
+
+
+def _crt_answer(got: dict[str, str]) -> dict[str, Any]:
+    """The CRT's response headers in botocore's shape (the fields the store reads)."""
+    return {
+        "VersionId": got.get("x-amz-version-id"),
+        "ServerSideEncryption": got.get("x-amz-server-side-encryption"),
+        "SSECustomerAlgorithm": got.get("x-amz-server-side-encryption-customer-algorithm"),
+    }
 
 
 def _b64_digest(sha256_hex: str) -> str:
@@ -249,6 +265,77 @@ class S3Store:
         retention on the new version.
         """
         sha256 = sha256.lower()
+        request = self._put_request(key, data, sha256, content_type, lock, overwrite)
+        for _ in range(2):
+            try:
+                resp = self._put_object(request)
+            except bex.ClientError as exc:
+                self._unless_exists(exc, key)
+                existing = self._existing(key, data, sha256)
+                if existing is not None:
+                    return existing
+                continue  # the object vanished between the refusal and our HEAD: try again
+            except Exception as exc:
+                self._raise(exc, "put", key)
+            return self._put_result(resp, key, data, sha256, lock)
+        self._vanished(key)
+
+    async def put_async(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        sha256: str,
+        content_type: str,
+        lock: ObjectLock | None = None,
+        overwrite: bool = False,
+        offload: Offload,
+    ) -> PutResult:
+        """:meth:`put` for the pipeline's event loop. Through the CRT the PutObject
+        itself needs no thread (see :meth:`CrtPutter.put_async`); what may block (the
+        first put, which makes the CRT client, a HEAD after a refused put, botocore
+        puts, credentials that are due a refresh) is run through ``offload``."""
+        if self.settings.put_client == "botocore":
+            return cast(
+                PutResult,
+                await offload(
+                    self.put,
+                    key,
+                    data,
+                    sha256=sha256,
+                    content_type=content_type,
+                    lock=lock,
+                    overwrite=overwrite,
+                ),
+            )
+        sha256 = sha256.lower()
+        request = self._put_request(key, data, sha256, content_type, lock, overwrite)
+        putter = self._putter or cast(CrtPutter, await offload(self._crt))
+        for _ in range(2):
+            try:
+                if self._credentials_due():
+                    await offload(self._credentials)  # refreshes, or raises botocore's error
+                got = await putter.put_async(key, data, _put_headers(request))
+            except bex.ClientError as exc:
+                self._unless_exists(exc, key)
+                existing = await offload(self._existing, key, data, sha256)
+                if existing is not None:
+                    return cast(PutResult, existing)
+                continue
+            except Exception as exc:
+                self._raise(exc, "put", key)
+            return self._put_result(_crt_answer(got), key, data, sha256, lock)
+        self._vanished(key)
+
+    def _put_request(
+        self,
+        key: str,
+        data: bytes,
+        sha256: str,
+        content_type: str,
+        lock: ObjectLock | None,
+        overwrite: bool,
+    ) -> PutObjectRequestTypeDef:
         request: PutObjectRequestTypeDef = {
             "Bucket": self.bucket,
             "Key": key,
@@ -267,38 +354,39 @@ class S3Store:
         if lock is not None:
             request["ObjectLockMode"] = lock.mode
             request["ObjectLockRetainUntilDate"] = lock.retain_until
-        for _ in range(2):
-            try:
-                resp = self._put_object(request)
-            except bex.ClientError as exc:
-                if _code(exc) not in _EXISTS_CODES and _status(exc) != 412:
-                    self._raise(exc, "put", key)
-                existing = self._existing(key, data, sha256)
-                if existing is not None:
-                    return existing
-                continue  # the object vanished between the refusal and our HEAD: try again
-            except Exception as exc:
-                self._raise(exc, "put", key)
-            got = (
-                "SSE-C"
-                if resp.get("SSECustomerAlgorithm") == "AES256"
-                else resp.get("ServerSideEncryption")
-            )
-            if got != self.settings.sse:
-                raise EncryptionRefused(
-                    f"S3 put {self.bucket}/{key}: the server reported encryption "
-                    f"{got or 'none'}, not {self.settings.sse}",
-                    key=key,
-                )
-            return PutResult(
+        return request
+
+    def _unless_exists(self, exc: bex.ClientError, key: str) -> None:
+        """A refused put: return if S3 refused it because the key exists, else raise."""
+        if _code(exc) not in _EXISTS_CODES and _status(exc) != 412:
+            self._raise(exc, "put", key)
+
+    def _put_result(
+        self, resp: dict[str, Any], key: str, data: bytes, sha256: str, lock: ObjectLock | None
+    ) -> PutResult:
+        """A stored put, once S3's answer shows the encryption we asked for."""
+        got = (
+            "SSE-C"
+            if resp.get("SSECustomerAlgorithm") == "AES256"
+            else resp.get("ServerSideEncryption")
+        )
+        if got != self.settings.sse:
+            raise EncryptionRefused(
+                f"S3 put {self.bucket}/{key}: the server reported encryption "
+                f"{got or 'none'}, not {self.settings.sse}",
                 key=key,
-                size=len(data),
-                sha256=sha256,
-                version_id=resp.get("VersionId"),
-                reused=False,
-                retain_until=lock.retain_until if lock is not None else None,
-                lock_mode=lock.mode if lock is not None else None,
             )
+        return PutResult(
+            key=key,
+            size=len(data),
+            sha256=sha256,
+            version_id=resp.get("VersionId"),
+            reused=False,
+            retain_until=lock.retain_until if lock is not None else None,
+            lock_mode=lock.mode if lock is not None else None,
+        )
+
+    def _vanished(self, key: str) -> NoReturn:
         raise StoreUnavailable(
             f"S3 put {self.bucket}/{key}: refused as existing, but the object is not there",
             key=key,
@@ -320,11 +408,7 @@ class S3Store:
             return dict(self._client.put_object(**request))
         self._credentials()  # missing credentials: botocore's error, before the CRT
         got = self._crt().put(request["Key"], cast(bytes, request["Body"]), _put_headers(request))
-        return {
-            "VersionId": got.get("x-amz-version-id"),
-            "ServerSideEncryption": got.get("x-amz-server-side-encryption"),
-            "SSECustomerAlgorithm": got.get("x-amz-server-side-encryption-customer-algorithm"),
-        }
+        return _crt_answer(got)
 
     def _crt(self) -> CrtPutter:
         with self._putter_lock:
@@ -344,6 +428,17 @@ class S3Store:
                     max_connections=self.settings.max_pool_connections,
                 )
             return self._putter
+
+    def _credentials_due(self) -> bool:
+        """Would :meth:`_credentials` do I/O (none yet, or temporary ones to refresh)?
+        Static and environment credentials never are."""
+        if self._static_credentials is not None:
+            return False
+        found = self._session.get_credentials()
+        if found is None:
+            return True  # let _credentials raise botocore's error
+        refresh_needed = getattr(found, "refresh_needed", None)
+        return bool(refresh_needed()) if refresh_needed is not None else False
 
     def _credentials(self) -> tuple[str, str, str | None]:
         """botocore's credentials now (refreshed as botocore refreshes them)."""

@@ -7,11 +7,12 @@ each key holds, which is the number of writes that happened.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -266,6 +267,44 @@ def test_concurrent_puts_of_one_key_write_it_exactly_once(backend: Backend) -> N
     assert sum(not r.reused for r in results) == 1
     assert len(results) + len(conflicts) == 12
     assert len({r.version_id for r in results}) == 1
+
+
+def test_put_async_from_an_event_loop_has_the_outcomes_of_put(backend: Backend) -> None:
+    """put_async (the pipeline's way in): concurrent puts of one key from one event loop
+    write it once and reuse it; other bytes then conflict, a wrong SHA-256 is refused,
+    and what was written reads back with its SHA-256."""
+    same, other = b"async bytes" * 100, b"other async bytes"
+    store = backend.store
+
+    async def offload(fn: Callable[..., object], *args: object, **kwargs: object) -> object:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def put(key: str, data: bytes, digest: str) -> Awaitable[PutResult]:
+        return store.put_async(key, data, sha256=digest, content_type=JPEG, offload=offload)
+
+    async def scenario() -> tuple[list[PutResult], BaseException | None, BaseException | None]:
+        racing = await asyncio.gather(*(put("test/async.jpg", same, sha(same)) for _ in range(4)))
+        conflict = refused = None
+        try:
+            await put("test/async.jpg", other, sha(other))
+        except ObjectConflict as exc:
+            conflict = exc
+        try:
+            await put("test/bad.jpg", same, sha(other))
+        except StoreError as exc:
+            refused = exc
+        return racing, conflict, refused
+
+    racing, conflict, refused = asyncio.run(scenario())
+
+    assert sum(not r.reused for r in racing) == 1
+    assert len({r.version_id for r in racing}) == 1
+    assert isinstance(conflict, ObjectConflict) and conflict.existing_sha256 == sha(same)
+    assert refused is not None and not isinstance(refused, ObjectConflict)
+    assert backend.versions("test/async.jpg") == 1 and backend.versions("test/bad.jpg") == 0
+    assert store.get("test/async.jpg") == same
+    info = store.head("test/async.jpg")
+    assert info is not None and info.sha256 == sha(same)
 
 
 # --- S3 only: credentials and the network ----------------------------------------------

@@ -5,11 +5,13 @@ boto3 client (botocore's own hook for answering a request) plays the server, the
 ``httpx.MockTransport`` does for httpx. Puts are tested both ways the store can send
 them (``storage.put_client``): through boto3, answered by that hook, and through the
 AWS CRT, which speaks HTTP itself, so a loopback server hands its requests to the same
-handler and writes the answers it returns.
+handler and writes the answers it returns. CRT puts are tested both from a thread
+(``put``) and from an event loop (``put_async``, as the pipeline sends them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -131,11 +133,15 @@ class _Loopback(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-@pytest.fixture(params=["botocore", "crt"])
+async def _offload(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+@pytest.fixture(params=["botocore", "crt", "crt-async"])
 def served(request: pytest.FixtureRequest) -> Iterator[Callable[..., tuple[S3Store, list[Any]]]]:
     stores: list[S3Store] = []
     servers: list[_Loopback] = []
-    put_client = request.param
+    put_client = "crt" if request.param == "crt-async" else request.param
 
     def make(
         *answers: AWSResponse | Exception | Handler, **settings_: Any
@@ -166,7 +172,14 @@ def served(request: pytest.FixtureRequest) -> Iterator[Callable[..., tuple[S3Sto
         events.register("before-send.s3", handler)  # type: ignore[arg-type]
         return store, seen
 
+    def put(store: S3Store, *args: Any, **kwargs: Any) -> Any:
+        """The store's put, or put_async on an event loop of its own."""
+        if request.param != "crt-async":
+            return store.put(*args, **kwargs)
+        return asyncio.run(store.put_async(*args, offload=_offload, **kwargs))
+
     make.put_client = put_client  # type: ignore[attr-defined]
+    make.put = put  # type: ignore[attr-defined]
     yield make
     for store in stores:
         store.close()
@@ -179,7 +192,7 @@ def test_put_sends_our_checksum_a_condition_and_the_encryption(served: Any) -> N
     """A put carries the base64 SHA-256 we computed, If-None-Match: * and SSE-KMS with its key."""
     store, seen = served(answer(200, stored()))
 
-    result = store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+    result = served.put(store, KEY, DATA, sha256=SHA, content_type="image/jpeg")
 
     headers = {name.lower(): header(seen[0], name) for name in seen[0].headers}
     assert seen[0].method == "PUT"
@@ -205,7 +218,7 @@ def test_a_put_the_server_reports_unencrypted_is_refused(
     store, _ = served(answer(200, headers))
 
     with pytest.raises(EncryptionRefused) as caught:
-        store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+        served.put(store, KEY, DATA, sha256=SHA, content_type="image/jpeg")
 
     assert caught.value.key == KEY and caught.value.systemic
 
@@ -217,7 +230,7 @@ def test_an_existing_object_answer_leads_to_reuse(served: Any, status: int, code
     """412 and 409 on a conditional put are answered by a HEAD: same SHA-256 means reuse."""
     store, seen = served(error(status, code), answer(200, stored()))
 
-    result = store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+    result = served.put(store, KEY, DATA, sha256=SHA, content_type="image/jpeg")
 
     assert [r.method for r in seen] == ["PUT", "HEAD"]
     assert header(seen[1], "x-amz-checksum-mode") == "ENABLED"
@@ -234,7 +247,7 @@ def test_a_composite_checksum_is_not_trusted_and_the_bytes_are_read(served: Any)
     )
 
     with pytest.raises(ObjectConflict) as caught:
-        store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+        served.put(store, KEY, DATA, sha256=SHA, content_type="image/jpeg")
 
     assert [r.method for r in seen] == ["PUT", "HEAD", "GET"]
     assert seen[2].url.endswith("versionId=v1")
@@ -307,7 +320,7 @@ def test_s3_error_codes_map_onto_the_store_errors(
     store, _ = served(error(status, code))
 
     with pytest.raises(StoreError) as caught:
-        store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+        served.put(store, KEY, DATA, sha256=SHA, content_type="image/jpeg")
 
     assert type(caught.value) is expected
     assert caught.value.key == KEY
@@ -360,12 +373,12 @@ def test_a_put_whose_connection_drops_is_unavailable(served: Any, failure: Excep
     store, _ = served(failure)
 
     with pytest.raises(StoreUnavailable) as caught:
-        store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+        served.put(store, KEY, DATA, sha256=SHA, content_type="image/jpeg")
 
     assert caught.value.retryable and "ConnectionClosedError" in str(caught.value)
 
 
-@pytest.mark.parametrize("served", ["crt"], indirect=True)
+@pytest.mark.parametrize("served", ["crt", "crt-async"], indirect=True)
 def test_a_put_never_answered_times_out(served: Any) -> None:
     """A server that takes the body and never answers: StoreUnavailable after the read
     timeout, not a hang. (Only the CRT put meets a real socket here; botocore's read
@@ -379,5 +392,5 @@ def test_a_put_never_answered_times_out(served: Any) -> None:
 
     began = time.monotonic()
     with pytest.raises(StoreUnavailable, match="ReadTimeoutError"):
-        store.put(KEY, DATA, sha256=SHA, content_type="image/jpeg")
+        served.put(store, KEY, DATA, sha256=SHA, content_type="image/jpeg")
     assert time.monotonic() - began < 3.5
