@@ -398,30 +398,23 @@ class Pipeline:
         self._learned.setdefault(pass_id, {}).update(values)
 
     async def _archive(self, entry: CatalogEntry) -> PassResult:
-        """Read the pass (at most ``concurrency`` passes at once), then upload it.
+        """Read the pass (at most ``concurrency`` details requests at once), then
+        check and upload it.
 
-        Uploading does not hold a read slot: while a pass's objects go up, the next
-        pass is already being read, so API latency and S3 latency overlap. At most
-        ``concurrency`` passes are in each stage (the run has twice as many workers),
-        which bounds memory: a pass being read holds its response, one being uploaded
-        its decoded images.
+        Only the request holds a read slot: while a pass's images are decoded and its
+        objects go up, the next pass is already being read, so API latency, our CPU
+        and S3 latency overlap. The run has twice ``concurrency`` workers, which bounds
+        memory: each holds one pass, as its response or as its decoded images.
         """
-        async with self._read_slots:
-            staged = await self._read(entry)
+        staged = await self._read(entry)
         if isinstance(staged, PassResult):
             return staged
         read, images, deadline = staged
         return await self._write(entry, read, images, deadline)
 
-    async def _read(
-        self, entry: CatalogEntry
-    ) -> PassResult | tuple[PassRead, list[CheckedImage], datetime | None]:
-        """A pass's outcome if it ends here, or its checked images ready to upload."""
+    async def _fetch(self, entry: CatalogEntry) -> tuple[PassRead, str | None]:
+        """The pass's details with images, and the cipher key it was read with."""
         pid = entry.pass_id
-        existing = await self._existing_manifest(pid)
-        if existing is not None:
-            return existing
-
         local = self.opt.decryption == "local"
         passthrough = self.opt.decryption == "passthrough"
         key = None if passthrough else entry.cipher_key
@@ -439,6 +432,20 @@ class Pipeline:
             images=True,
             decrypt_locally_with=key if local else None,
         )
+        return read, key
+
+    async def _read(
+        self, entry: CatalogEntry
+    ) -> PassResult | tuple[PassRead, list[CheckedImage], datetime | None]:
+        """A pass's outcome if it ends here, or its checked images ready to upload."""
+        pid = entry.pass_id
+        async with self._read_slots:
+            existing = await self._existing_manifest(pid)
+            if existing is not None:
+                return existing
+            read, key = await self._fetch(entry)
+        local = self.opt.decryption == "local"
+        passthrough = self.opt.decryption == "passthrough"
         d = read.details
         deadline = images_deadline(d.completed_at, d.image_retention_days)
         self._learn(
