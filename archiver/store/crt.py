@@ -115,11 +115,12 @@ class CrtPutter:
         """
         request = self._request(key, data, headers)
         for _ in range(self._attempts):
-            attempt = _Attempt(self._client, request, on_done=None)
-            if attempt.done.wait(request.patience):
+            done = threading.Event()
+            attempt = _Attempt(self._client, request, on_done=done.set)
+            if done.wait(request.patience):
                 return attempt.outcome()
             attempt.cancel()
-            attempt.done.wait(5)
+            done.wait(5)
         raise PutTransportError("ReadTimeoutError (no answer in time)")
 
     async def put_async(
@@ -183,12 +184,9 @@ def _waker(loop: asyncio.AbstractEventLoop, woken: asyncio.Future[None]) -> Call
 class _Attempt:
     """One PutObject request in flight through the CRT."""
 
-    def __init__(
-        self, client: s3.S3Client, request: _Request, on_done: Callable[[], None] | None
-    ) -> None:
+    def __init__(self, client: s3.S3Client, request: _Request, on_done: Callable[[], None]) -> None:
         self.got: dict[str, str] = {}
         self.failure: dict[str, object] = {}
-        self.done = threading.Event()
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: object) -> None:
             self.got.update((name.lower(), value) for name, value in headers)
@@ -196,9 +194,7 @@ class _Attempt:
         def finished(**kwargs: object) -> None:
             # called after the request's finished_future is set
             self.failure.update(status=kwargs.get("status_code"), body=kwargs.get("error_body"))
-            self.done.set()
-            if on_done is not None:
-                on_done()
+            on_done()
 
         http_request = http.HttpRequest(
             "PUT", request.path, http.HttpHeaders(request.fields), io.BytesIO(request.data)
