@@ -62,6 +62,7 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         lock_mode=settings.object_lock.mode,
         lock_retain_days=settings.object_lock.retain_days,
         concurrency=p.concurrency,
+        max_puts=settings.storage.upload_threads,
         max_image_bytes=p.max_image_bytes,
         archive_statuses=p.archive_statuses,
         decryption=p.decryption,

@@ -81,6 +81,9 @@ class DetailsReader(Protocol):
 @dataclass(frozen=True, slots=True)
 class PipelineOptions:
     concurrency: int = 6
+    # Puts in flight at once (storage.upload_threads): each holds a buffer of the S3
+    # client's, so this bounds memory as the thread pool did for synchronous puts.
+    max_puts: int = 16
     max_image_bytes: int = 15 * 1024 * 1024
     archive_statuses: tuple[str, ...] = ("complete",)
     decryption: str = "server"
@@ -138,6 +141,7 @@ class Pipeline:
         self.on_result: Callable[[PassResult], None] | None = None
         self._inflight: set[asyncio.Task[PassResult | None]] = set()
         self._read_slots: asyncio.Semaphore  # made per run, in its event loop (_work)
+        self._put_slots: asyncio.Semaphore  # likewise
         self._grace_handle: asyncio.TimerHandle | None = None
 
     # -- running ------------------------------------------------------------------
@@ -276,6 +280,7 @@ class Pipeline:
 
         # concurrency passes being read, as many being uploaded (see _archive)
         self._read_slots = asyncio.Semaphore(self.opt.concurrency)
+        self._put_slots = asyncio.Semaphore(self.opt.max_puts)
         workers = [asyncio.create_task(worker()) for _ in range(2 * self.opt.concurrency)]
         try:
             if pass_ids:
@@ -398,23 +403,30 @@ class Pipeline:
         self._learned.setdefault(pass_id, {}).update(values)
 
     async def _archive(self, entry: CatalogEntry) -> PassResult:
-        """Read the pass (at most ``concurrency`` details requests at once), then
-        check and upload it.
+        """Read the pass (at most ``concurrency`` passes at once), then upload it.
 
-        Only the request holds a read slot: while a pass's images are decoded and its
-        objects go up, the next pass is already being read, so API latency, our CPU
-        and S3 latency overlap. The run has twice ``concurrency`` workers, which bounds
-        memory: each holds one pass, as its response or as its decoded images.
+        Uploading does not hold a read slot: while a pass's objects go up, the next
+        pass is already being read, so API latency and S3 latency overlap. At most
+        ``concurrency`` passes are in each stage (the run has twice as many workers),
+        which bounds memory: a pass being read holds its response, one being uploaded
+        its decoded images.
         """
-        staged = await self._read(entry)
+        async with self._read_slots:
+            staged = await self._read(entry)
         if isinstance(staged, PassResult):
             return staged
         read, images, deadline = staged
         return await self._write(entry, read, images, deadline)
 
-    async def _fetch(self, entry: CatalogEntry) -> tuple[PassRead, str | None]:
-        """The pass's details with images, and the cipher key it was read with."""
+    async def _read(
+        self, entry: CatalogEntry
+    ) -> PassResult | tuple[PassRead, list[CheckedImage], datetime | None]:
+        """A pass's outcome if it ends here, or its checked images ready to upload."""
         pid = entry.pass_id
+        existing = await self._existing_manifest(pid)
+        if existing is not None:
+            return existing
+
         local = self.opt.decryption == "local"
         passthrough = self.opt.decryption == "passthrough"
         key = None if passthrough else entry.cipher_key
@@ -432,20 +444,6 @@ class Pipeline:
             images=True,
             decrypt_locally_with=key if local else None,
         )
-        return read, key
-
-    async def _read(
-        self, entry: CatalogEntry
-    ) -> PassResult | tuple[PassRead, list[CheckedImage], datetime | None]:
-        """A pass's outcome if it ends here, or its checked images ready to upload."""
-        pid = entry.pass_id
-        async with self._read_slots:
-            existing = await self._existing_manifest(pid)
-            if existing is not None:
-                return existing
-            read, key = await self._fetch(entry)
-        local = self.opt.decryption == "local"
-        passthrough = self.opt.decryption == "passthrough"
         d = read.details
         deadline = images_deadline(d.completed_at, d.image_retention_days)
         self._learn(
@@ -591,15 +589,16 @@ class Pipeline:
         overwrite: bool = False,
     ) -> PutResult:
         try:
-            return await self.store.put_async(
-                key,
-                data,
-                sha256=sha,
-                content_type=ctype,
-                lock=self._lock(),
-                overwrite=overwrite,
-                offload=self._io,
-            )
+            async with self._put_slots:
+                return await self.store.put_async(
+                    key,
+                    data,
+                    sha256=sha,
+                    content_type=ctype,
+                    lock=self._lock(),
+                    overwrite=overwrite,
+                    offload=self._io,
+                )
         except ObjectConflict:
             if not adopt:
                 raise
