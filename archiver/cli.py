@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 import threading
@@ -265,6 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(f"--pass: {exc}") from None
     with run_lock(settings) as exclusive, runtime(settings) as rt, SourcePool(settings) as pool:
+        settle_gc()
         reports = []
         if settings.sources and not args.dry_run and not args.no_sync:
             reports = sync_sources(settings, rt.catalog, pool=pool, clock=rt.clock)
@@ -857,10 +859,22 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 _M_ARENA_MAX = -8  # from glibc's malloc.h
 
 
+def settle_gc() -> None:
+    """Turn the garbage collector back on if the entry point paused it for start-up
+    (:func:`archiver.__main__.main`), first moving everything alive now out of its
+    reach (``gc.freeze``): modules and classes live as long as the process. A no-op
+    when the collector is on (the CLI called from Python, as in the tests)."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     limit_malloc_arenas()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "run":
+        settle_gc()  # `run` settles once it is set up (cmd_run)
     if not args.command:
         parser.print_help()
         return EXIT_USAGE

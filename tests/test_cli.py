@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import archiver.__main__ as entry
+from archiver import cli
+from tests.fixtures.cli import cli_env
 from tests.fixtures.cli import run_cli as _cli
 
 PID = "0b6f3c9e-6a55-4a43-9d8f-2f0a8f7e3c11"
@@ -205,3 +209,54 @@ def test_run_refuses_while_another_holds_the_lock(cli_config, sandbox_http):
     status = _cli(["status", "--config", str(cfg), "--json"], env=env)
     assert json.loads(status.stdout)["counts"] == {"pending": 1}
     assert _cli(["run", "--config", str(cfg)], env=env).returncode == 0
+
+
+def test_the_script_pauses_the_gc_for_start_up_only(monkeypatch):
+    """The entry point starts with the cyclic GC off; a command finds it on again."""
+    seen: list[bool] = []
+
+    def command(args: object) -> int:
+        seen.append(gc.isenabled())
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "status", command)
+    monkeypatch.setattr(sys, "argv", ["idpass-archiver", "status"])
+    try:
+        assert entry.main() == 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert seen == [True]
+
+
+_RUN_SPY = """
+import gc, sys
+import archiver.app
+from archiver.__main__ import main
+
+real = archiver.app.run_cycle_sync
+seen = []
+
+def spy(*args, **kwargs):
+    seen.append((gc.isenabled(), gc.get_freeze_count() > 0))
+    return real(*args, **kwargs)
+
+archiver.app.run_cycle_sync = spy
+sys.argv = ["idpass-archiver", "run", "--config", sys.argv[1]]
+code = main()
+print("SPY", code, seen, file=sys.stderr)
+"""
+
+
+def test_run_turns_the_paused_gc_back_on_once_set_up(cli_config, sandbox_http):
+    """`run` keeps the GC paused through its set-up and turns it on (with everything
+    alive by then frozen) before the cycle starts."""
+    cfg, env = cli_config
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUN_SPY, str(cfg)],
+        capture_output=True,
+        text=True,
+        env=cli_env(env),
+        timeout=120,
+    )
+    assert "SPY 0 [(True, True)]" in proc.stderr, proc.stderr[-2000:]
