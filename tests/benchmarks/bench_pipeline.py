@@ -50,6 +50,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -114,6 +115,7 @@ class Result:
     # each server's share of server_cpu_s: SeaweedFS, then the details server and the
     # delay proxy where the variant used them
     server_cpu_each: list[float] = field(default_factory=list)
+    rss_mb: list[tuple[float, float]] = field(default_factory=list)  # sampled, see run_child
 
     @property
     def cpu_s(self) -> float:
@@ -189,6 +191,7 @@ class Measured:
     server_cpu: float | None  # the benchmark's servers (SeaweedFS, details, proxy)
     other_cpu: float | None  # every other process on the machine: should be ~0
     server_cpu_each: list[float]  # per server, in the order of run_child's ``servers``
+    rss_mb: list[tuple[float, float]]  # (seconds since spawn, RSS in MB), every 0.2 s
 
 
 def run_child(
@@ -202,8 +205,12 @@ def run_child(
     with out_path.open("wb") as out, err_path.open("wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, cwd=ROOT)
+        rss: list[tuple[float, float]] = []
+        sampler = threading.Thread(target=_sample_rss, args=(proc.pid, t0, rss), daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
     after, busy_after = _cpu_of(servers), _busy_cpu()
     server_cpu = other = None
@@ -214,7 +221,26 @@ def run_child(
         if busy_before is not None and busy_after is not None:
             other = busy_after - busy_before - server_cpu - usage.ru_utime - usage.ru_stime
             other = max(other, 0.0)
-    return Measured(proc.returncode, wall, usage, out_path.read_text(), server_cpu, other, each)
+    return Measured(
+        proc.returncode, wall, usage, out_path.read_text(), server_cpu, other, each, rss
+    )
+
+
+def _sample_rss(pid: int, t0: float, into: list[tuple[float, float]]) -> None:
+    """RSS of ``pid`` every 0.2 s until it exits (for the memory plateau)."""
+    path = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = path.read_text()
+        except OSError:
+            return
+        kb = next(
+            (int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS")), 0
+        )
+        if not kb:  # a zombie: it has exited
+            return
+        into.append((round(time.perf_counter() - t0, 2), round(kb / 1024, 1)))
+        time.sleep(0.2)
 
 
 def _err_tail(logs: Path) -> str:
@@ -466,6 +492,7 @@ class Bench:
             other_cpu_s=m.other_cpu,
             exit_code=m.code,
             server_cpu_each=m.server_cpu_each,
+            rss_mb=m.rss_mb,
         )
 
     def archiver_config(
@@ -759,6 +786,16 @@ def _ratio_lines(run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _plateau(samples: list[Any]) -> tuple[float, float] | None:
+    """The highest RSS in the first and in the second half of a run's samples."""
+    if len(samples) < 10:
+        return None
+    half = samples[-1][0] / 2
+    first = max(rss for t, rss in samples if t <= half)
+    second = max(rss for t, rss in samples if t > half)
+    return first, second
+
+
 def _scaling_lines(runs: list[dict[str, Any]], verdicts: dict[str, Any]) -> list[str]:
     a_rows = {
         run["passes"]: next(x for x in run["rows"] if x["variant"] == "a")
@@ -781,6 +818,15 @@ def _scaling_lines(runs: list[dict[str, Any]], verdicts: dict[str, Any]) -> list
             f"RSS of (a), N={hi} vs N={lo}: {growth:+.1%}   [target within 10%: "
             f"{_mark(abs(growth) <= TARGETS['rss_growth'])}]"
         )
+        plateau = _plateau(a_rows[hi].get("rss_mb") or [])
+        if plateau is not None:
+            first, second = plateau
+            verdicts["rss_halves"] = plateau
+            lines.append(
+                f"RSS of (a) at N={hi}, highest in the first / second half of the run: "
+                f"{first:.0f} / {second:.0f} MB ({second / first - 1:+.1%}: a plateau, "
+                "not growth, if near zero)"
+            )
         times = a_rows[hi]["wall_s"] / a_rows[lo]["wall_s"]
         lines.append(
             f"wall of (a) per pass: {1000 * a_rows[lo]['wall_s'] / lo:.0f} ms at N={lo}, "
