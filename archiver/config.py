@@ -10,7 +10,7 @@ Secrets never come from the TOML file or the command line:
 
 * the API token from ``$IDPASS_ARCHIVER_API_TOKEN`` or the file named by
   ``api.token_file``;
-* AWS credentials through boto3's normal chain (environment, profile, IRSA);
+* AWS credentials through botocore's normal chain (environment, profile, IRSA);
 * the catalog's key-encryption key from ``$IDPASS_ARCHIVER_CATALOG_KEY`` or the file
   named by ``catalog.key_file``;
 * a SQL source's URL (it holds the database password) from the environment variable
@@ -89,7 +89,7 @@ class StorageSettings(_Section):
     max_pool_connections: int = Field(default=32, ge=1, le=1024)
     upload_threads: int = Field(default=16, ge=1, le=256)
     # How objects are put: "crt" (the AWS Common Runtime: signing and I/O in C, about a
-    # third of botocore's CPU per put) or "botocore" (boto3's own put_object).
+    # third of botocore's CPU per put) or "botocore" (botocore's own put_object).
     put_client: Literal["crt", "botocore"] = "crt"
     verify_tls: bool = True
     connect_timeout_seconds: float = Field(default=5.0, gt=0)

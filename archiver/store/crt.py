@@ -5,9 +5,9 @@ CPU for a 450 KB image and 1.0 ms for a small object (request building, signing,
 hooks and parsing in Python, under the GIL); through awscrt's S3 client 0.5 and 0.2 ms
 (measured on this project's 2-core VM against SeaweedFS, 400 puts from 16 threads).
 The put is the pipeline's hot path, so :class:`~archiver.store.s3.S3Store` sends it
-here; every other call (HEAD, GET, LIST, bucket checks) stays on boto3.
+here; every other call (HEAD, GET, LIST, bucket checks) stays on botocore.
 
-What stays the same as a boto3 put: the URL (taken once from botocore's own endpoint
+What stays the same as a botocore put: the URL (taken once from botocore's own endpoint
 resolution, through a presigned URL, so regions, partitions, FIPS/dual-stack endpoints
 and path or virtual-host addressing are botocore's), the credentials (botocore's chain,
 asked again before each signature, so IRSA and instance roles refresh as usual), the
