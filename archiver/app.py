@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 import structlog
 
@@ -290,11 +291,18 @@ def write_run_manifest(rt: Runtime, signer: Signer, summary: RunSummary) -> tupl
     s = rt.settings
     layout = Layout(s.storage.clean_prefix)
     key = layout.run(summary.run_id, summary.started_at)
+    chain = chain_id(s)
 
     def write(prev_key: str | None, prev_sha: str | None) -> tuple[str, str]:
+        while prev_key is not None and prev_sha is not None:
+            found = orphan_successor(rt.store, layout, chain, prev_key, prev_sha, rt.clock.now())
+            if found is None:
+                break
+            structlog.get_logger("archiver.app").warning("run_manifest_adopted", key=found[0])
+            prev_key, prev_sha = found
         doc = build_run_manifest(
             summary,
-            chain_id=chain_id(s),
+            chain_id=chain,
             archiver_version=__version__,
             config_fingerprint=s.fingerprint(),
             previous_key=prev_key,
@@ -309,7 +317,61 @@ def write_run_manifest(rt: Runtime, signer: Signer, summary: RunSummary) -> tupl
         rt.store.put(key, data, sha256=digest, content_type="application/json")
         return key, digest
 
-    return rt.catalog.chain_append(chain_id(s), write)
+    return rt.catalog.chain_append(chain, write)
+
+
+#: How far before the head's day a run that followed it may have started (a run
+#: stores its manifest, under its start date, when it ends).
+ORPHAN_LOOKBACK = timedelta(days=2)
+
+
+def orphan_successor(
+    store: ObjectStore, layout: Layout, chain: str, head_key: str, head_sha: str, now: datetime
+) -> tuple[str, str] | None:
+    """A stored run manifest of ``chain`` that follows the head but never became it.
+
+    A run stores its manifest, then moves the chain's head in the catalog. Killed in
+    between (SIGKILL, a lost node), it leaves a manifest naming the head as previous
+    while the head stays put; the next run would name the same head and fork the chain
+    (``verify``: chain_fork). The next run (holding the chain lock, so no other run is
+    writing) looks for such a manifest and chains after it instead. Candidates are the
+    ``.json`` objects in the day folders from two days before the head's to today,
+    stored after the head; each is read to check its chain and its previous link.
+    Returns its key and SHA-256, or None.
+    """
+    head = store.head(head_key)
+    if head is None or head.last_modified is None:
+        return None  # the head itself is missing: verify reports it; nothing to adopt
+    folder = head_key.rsplit("/", 1)[0]
+    try:
+        y, m, d = (int(part) for part in folder.rsplit("/", 3)[-3:])
+        day = datetime(y, m, d, tzinfo=UTC) - ORPHAN_LOOKBACK
+    except ValueError:
+        return None  # not a key of this layout
+    while day <= now:
+        for info in store.list(f"{layout.runs_root()}{day:%Y/%m/%d}/"):
+            if (
+                not info.key.endswith(".json")
+                or info.key == head_key
+                or info.last_modified is None
+                or info.last_modified < head.last_modified
+            ):
+                continue
+            data = store.get(info.key)
+            try:
+                doc = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue  # not ours to judge here: verify reports an invalid run manifest
+            previous = doc.get("previous") if isinstance(doc, dict) else None
+            if (
+                doc.get("chain_id") == chain
+                and isinstance(previous, dict)
+                and previous.get("key") == head_key
+                and previous.get("sha256") == head_sha
+            ):
+                return info.key, sha256_hex(data)
+        day += timedelta(days=1)
+    return None
 
 
 def run_cycle_sync(rt: Runtime, **kwargs: Any) -> RunSummary:
