@@ -124,6 +124,35 @@ class ObjectStore(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
 
+class OffloadedPut:
+    """``put_async`` for a store whose ``put`` is blocking: ``put`` run through
+    ``offload`` (the memory store's faults may sleep; the S3 store's botocore puts)."""
+
+    put: Callable[..., PutResult]  # the store's own, blocking put
+
+    async def put_async(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        sha256: str,
+        content_type: str,
+        lock: ObjectLock | None = None,
+        overwrite: bool = False,
+        offload: Offload,
+    ) -> PutResult:
+        result: PutResult = await offload(
+            self.put,
+            key,
+            data,
+            sha256=sha256,
+            content_type=content_type,
+            lock=lock,
+            overwrite=overwrite,
+        )
+        return result
+
+
 def reuse_existing(where: str, info: ObjectInfo, stored_sha256: str, sha256: str) -> PutResult:
     """A put found its key taken by ``info`` (whose content hashes to ``stored_sha256``):
     keep that object if it holds our bytes, encrypted; otherwise refuse.

@@ -29,7 +29,7 @@ from typing import Literal
 from archiver.clock import Clock, SystemClock
 from archiver.config import StorageSettings
 from archiver.errors import EncryptionRefused, StoreError, StoreUnavailable
-from archiver.store import ObjectInfo, ObjectLock, Offload, PutResult, reuse_existing
+from archiver.store import ObjectInfo, ObjectLock, OffloadedPut, PutResult, reuse_existing
 
 __all__ = ["MemoryStore"]
 
@@ -62,7 +62,7 @@ class _Version:
         )
 
 
-class MemoryStore:
+class MemoryStore(OffloadedPut):
     """A versioned, encrypted-looking bucket in a dict. Thread-safe."""
 
     def __init__(
@@ -128,29 +128,6 @@ class MemoryStore:
                 retain_until=lock.retain_until if lock else None,
                 lock_mode=lock.mode if lock else None,
             )
-
-    async def put_async(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        sha256: str,
-        content_type: str,
-        lock: ObjectLock | None = None,
-        overwrite: bool = False,
-        offload: Offload,
-    ) -> PutResult:
-        """:meth:`put`, run through ``offload`` (its faults may sleep or block)."""
-        result: PutResult = await offload(
-            self.put,
-            key,
-            data,
-            sha256=sha256,
-            content_type=content_type,
-            lock=lock,
-            overwrite=overwrite,
-        )
-        return result
 
     def head(self, key: str, *, version_id: str | None = None) -> ObjectInfo | None:
         self._fault("head", key)

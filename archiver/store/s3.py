@@ -49,6 +49,7 @@ from archiver.store import (
     ObjectInfo,
     ObjectLock,
     Offload,
+    OffloadedPut,
     PutResult,
     reuse_existing,
 )
@@ -174,7 +175,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None
 
 
-class S3Store:
+class S3Store(OffloadedPut):
     """An :class:`~archiver.store.ObjectStore` on one S3 bucket. Thread-safe.
 
     ``credentials`` (access key, secret key) are for the demo and the tests; without
@@ -296,17 +297,14 @@ class S3Store:
         first put, which makes the CRT client, a HEAD after a refused put, botocore
         puts, credentials that are due a refresh) is run through ``offload``."""
         if self.settings.put_client == "botocore":
-            return cast(
-                PutResult,
-                await offload(
-                    self.put,
-                    key,
-                    data,
-                    sha256=sha256,
-                    content_type=content_type,
-                    lock=lock,
-                    overwrite=overwrite,
-                ),
+            return await super().put_async(
+                key,
+                data,
+                sha256=sha256,
+                content_type=content_type,
+                lock=lock,
+                overwrite=overwrite,
+                offload=offload,
             )
         sha256 = sha256.lower()
         request = self._put_request(key, data, sha256, content_type, lock, overwrite)
