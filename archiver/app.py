@@ -26,7 +26,7 @@ from archiver.catalog import Scope
 from archiver.catalog.keys import KeySealer
 from archiver.catalog.sql import SqlCatalog
 from archiver.clock import Clock, SystemClock
-from archiver.config import Settings
+from archiver.config import ApiSettings, Settings
 from archiver.core.images import sha256_hex
 from archiver.core.layout import Layout
 from archiver.core.runlog import build_run_manifest, run_manifest_bytes
@@ -77,6 +77,9 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         kms_key_id=settings.storage.kms_key_id,
         worker_id=settings.catalog.worker_id or default_worker_id(),
         lease_seconds=settings.catalog.lease_seconds,
+        requests=settings.api.concurrency
+        if settings.api is not None
+        else ApiSettings.model_fields["concurrency"].default,
     )
 
 
@@ -192,7 +195,7 @@ async def run_cycle(
                 token.get_secret_value() if token else "",
                 connect_timeout=api_settings.connect_timeout_seconds,
                 read_timeout=api_settings.read_timeout_seconds,
-                max_connections=max(api_settings.concurrency, s.pipeline.concurrency),
+                max_connections=api_settings.concurrency,
                 verify_tls=api_settings.verify_tls,
             ) as client:
                 api: DetailsReader = client

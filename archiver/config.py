@@ -61,7 +61,9 @@ class ApiSettings(_Section):
     token_file: Path | None = None
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     read_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
-    concurrency: int = Field(default=6, ge=1, le=256)
+    # Details requests in flight (HTTP connections to the API). Waiting for an answer
+    # holds no memory: pipeline.concurrency bounds the response bodies held.
+    concurrency: int = Field(default=12, ge=1, le=256)
     # Upper bound on details requests per second (0 = no limit).
     requests_per_second: float = Field(default=0.0, ge=0, le=10_000)
     # Attempts per request on 429/5xx/timeouts/resets/truncated bodies (1 = no retry),
@@ -120,7 +122,7 @@ class CatalogSettings(_Section):
 
 
 class PipelineSettings(_Section):
-    concurrency: int = Field(default=6, ge=1, le=256)
+    concurrency: int = Field(default=4, ge=1, le=256)
     max_image_bytes: int = Field(default=15 * 1024 * 1024, ge=1024)
     archive_statuses: tuple[str, ...] = ("complete",)
     decryption: Literal["server", "local", "passthrough"] = "server"

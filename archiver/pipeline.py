@@ -57,6 +57,7 @@ from archiver.errors import (
 from archiver.idpass import crypto
 from archiver.idpass.client import PassRead
 from archiver.idpass.models import SLOTS
+from archiver.idpass.transport import BodySlot, body_slot
 from archiver.results import PassResult, RunSummary
 from archiver.store import ObjectLock, ObjectStore, PutResult
 
@@ -80,7 +81,13 @@ class DetailsReader(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PipelineOptions:
-    concurrency: int = 6
+    # Passes whose details responses are held (and decoded) at once; as many more may
+    # be uploading. Bounds memory: each holds a response body or its decoded images.
+    concurrency: int = 4
+    # Details requests in flight (api.concurrency). A request waiting for the API's
+    # answer holds no body: the transport waits for one of the concurrency slots
+    # before reading it, so API latency is hidden without more memory.
+    requests: int = 12
     # Puts in flight at once (storage.upload_threads): each holds a buffer of the S3
     # client's, so this bounds memory as the thread pool did for synchronous puts.
     max_puts: int = 16
@@ -140,8 +147,11 @@ class Pipeline:
         # Called after each pass (progress reporting); must be cheap.
         self.on_result: Callable[[PassResult], None] | None = None
         self._inflight: set[asyncio.Task[PassResult | None]] = set()
-        self._read_slots: asyncio.Semaphore  # made per run, in its event loop (_work)
-        self._put_slots: asyncio.Semaphore  # likewise
+        # made per run, in its event loop (_work)
+        self._request_slots: asyncio.Semaphore
+        self._body_slots: asyncio.Semaphore
+        self._upload_slots: asyncio.Semaphore
+        self._put_slots: asyncio.Semaphore
         self._grace_handle: asyncio.TimerHandle | None = None
 
     # -- running ------------------------------------------------------------------
@@ -242,7 +252,9 @@ class Pipeline:
         pass_ids: Sequence[str] | None,
         scope: Scope | None = None,
     ) -> None:
-        queue: asyncio.Queue[CatalogEntry | None] = asyncio.Queue(maxsize=self.opt.concurrency)
+        # passes waiting for the API, holding a response body, uploading (see _archive)
+        width = self.opt.requests + 2 * self.opt.concurrency
+        queue: asyncio.Queue[CatalogEntry | None] = asyncio.Queue(maxsize=width)
         unprocessed: set[str] = set()  # claimed but not (yet) finished
 
         async def worker() -> None:
@@ -278,10 +290,11 @@ class Pipeline:
             for pid in gone:
                 summary.add(PassResult(pid, Outcome.NO_IMAGES, "image_retention_days is 0"))
 
-        # concurrency passes being read, as many being uploaded (see _archive)
-        self._read_slots = asyncio.Semaphore(self.opt.concurrency)
+        self._request_slots = asyncio.Semaphore(self.opt.requests)
+        self._body_slots = asyncio.Semaphore(self.opt.concurrency)
+        self._upload_slots = asyncio.Semaphore(self.opt.concurrency)
         self._put_slots = asyncio.Semaphore(self.opt.max_puts)
-        workers = [asyncio.create_task(worker()) for _ in range(2 * self.opt.concurrency)]
+        workers = [asyncio.create_task(worker()) for _ in range(width)]
         try:
             if pass_ids:
                 for entry in self._select_explicit(pass_ids):
@@ -289,7 +302,7 @@ class Pipeline:
                         break
                     await queue.put(entry)
             else:
-                await self._feed(queue, limit, unprocessed, scope)
+                await self._feed(queue, width, limit, unprocessed, scope)
         finally:
             for _ in workers:
                 await queue.put(None)
@@ -300,6 +313,7 @@ class Pipeline:
     async def _feed(
         self,
         queue: asyncio.Queue[CatalogEntry | None],
+        step: int,
         limit: int | None,
         unprocessed: set[str],
         scope: Scope | None,
@@ -307,7 +321,6 @@ class Pipeline:
         """Claim due passes in small batches (leases stay short-lived) and queue them.
         A scope with many pass ids is worked through in chunks."""
         fed = 0
-        step = max(2, self.opt.concurrency * 2)
         scopes: list[Scope | None] = [scope]
         if scope is not None and scope.pass_ids is not None:
             scopes = list(_id_chunks(scope))
@@ -403,23 +416,34 @@ class Pipeline:
         self._learned.setdefault(pass_id, {}).update(values)
 
     async def _archive(self, entry: CatalogEntry) -> PassResult:
-        """Read the pass (at most ``concurrency`` passes at once), then upload it.
+        """Read the pass, then upload it, in three bounded stages.
 
-        Uploading does not hold a read slot: while a pass's objects go up, the next
-        pass is already being read, so API latency and S3 latency overlap. At most
-        ``concurrency`` passes are in each stage (the run has twice as many workers),
-        which bounds memory: a pass being read holds its response, one being uploaded
-        its decoded images.
+        Up to ``requests`` passes wait for the API's answer; that holds no memory. A
+        pass takes a body slot before its response body is read (the transport waits
+        for it after the headers) and keeps it while the images are decoded and
+        checked; it takes an upload slot before it lets the body slot go. At most
+        ``concurrency`` passes hold a body and as many are uploading, which bounds
+        memory; API latency, decoding and S3 latency overlap.
         """
-        async with self._read_slots:
-            staged = await self._read(entry)
+        slot = BodySlot(self._body_slots)
+        token = body_slot.set(slot)
+        try:
+            staged = await self._read(entry, slot)
+            if not isinstance(staged, PassResult):
+                await self._upload_slots.acquire()
+        finally:
+            body_slot.reset(token)
+            slot.release()
         if isinstance(staged, PassResult):
             return staged
         read, images, deadline = staged
-        return await self._write(entry, read, images, deadline)
+        try:
+            return await self._write(entry, read, images, deadline)
+        finally:
+            self._upload_slots.release()
 
     async def _read(
-        self, entry: CatalogEntry
+        self, entry: CatalogEntry, slot: BodySlot
     ) -> PassResult | tuple[PassRead, list[CheckedImage], datetime | None]:
         """A pass's outcome if it ends here, or its checked images ready to upload."""
         pid = entry.pass_id
@@ -438,12 +462,18 @@ class Pipeline:
         ):
             # The key stays in the customer's source; it is read only now, into memory.
             key = await self._io(self.key_lookup, entry.key_ref, pid)
-        read = await self.api.details(
-            pid,
-            None if local else key,
-            images=True,
-            decrypt_locally_with=key if local else None,
-        )
+        async with self._request_slots:
+            if self._stop.is_set():
+                raise _Abort  # stopped while this pass waited: send nothing more
+            read = await self.api.details(
+                pid,
+                None if local else key,
+                images=True,
+                decrypt_locally_with=key if local else None,
+            )
+        # The transport took the slot before reading the body; a reader that does not
+        # (another transport, a test double) has read it already: take it now.
+        await slot.acquire()
         d = read.details
         deadline = images_deadline(d.completed_at, d.image_retention_days)
         self._learn(

@@ -20,17 +20,60 @@ to a ``urllib3.PoolManager`` on a small thread pool of its own and returns the w
 body to httpx. Errors are raised as the httpx exceptions httpx's own transport would
 raise, so :mod:`archiver.idpass.client` maps them unchanged. No retries and no
 redirects here: retrying is :mod:`archiver.retry`'s job.
+
+A details request spends most of its time waiting for the API's answer, and that
+wait holds no memory; the body does. When the calling task has set a
+:class:`BodySlot` in :data:`body_slot`, the transport reads the response headers,
+waits for the slot, and only then reads the body (meanwhile the kernel's socket
+buffers and TCP flow control hold the rest). So more requests can be in flight than
+bodies held: the pipeline sends ``api.concurrency`` requests and holds at most
+``pipeline.concurrency`` bodies, which hides API latency without more memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import ssl
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import urllib3
 from urllib3 import exceptions as u3
+
+
+class BodySlot:
+    """One task's claim on a shared bound of response bodies held in memory.
+
+    Acquired at most once however often it is asked for (retries of a request keep
+    the claim); released by whoever owns the task once the body is no longer needed,
+    and by the transport when a response turns out to be an error answer or its body
+    cannot be read (the caller may back off for a long time; it holds no body then).
+    """
+
+    __slots__ = ("_slots", "held")
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self.held = False
+
+    async def acquire(self) -> None:
+        if not self.held:
+            await self._slots.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._slots.release()
+
+
+# Set by the task that sends a request (the pipeline, per pass); read by the transport.
+body_slot: contextvars.ContextVar[BodySlot | None] = contextvars.ContextVar(
+    "archiver_body_slot", default=None
+)
 
 
 class Urllib3Transport(httpx.AsyncBaseTransport):
@@ -60,35 +103,85 @@ class Urllib3Transport(httpx.AsyncBaseTransport):
         self._executor = ThreadPoolExecutor(
             max_workers=max_connections, thread_name_prefix="idpass-http"
         )
+        self._max_connections = max_connections
+        self._permit_loop: asyncio.AbstractEventLoop | None = None
+        self._permit_sem = asyncio.Semaphore(max_connections)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
+        slot = body_slot.get()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._send, request, body)
-
-    def _send(self, request: httpx.Request, body: bytes) -> httpx.Response:
+        # A connection is taken here, before a thread is: a thread never waits for a
+        # connection that is held by a response waiting for its body slot.
+        permits = self._permits(loop)
+        await permits.acquire()
+        started: Future[urllib3.BaseHTTPResponse] = self._executor.submit(
+            self._start, request, body, slot is None
+        )
         try:
-            response = self._pool.request(
+            response = await asyncio.wrap_future(started)
+        except asyncio.CancelledError:
+            # The thread goes on: discard what it brings back, then free the connection.
+            def orphaned(done: Future[urllib3.BaseHTTPResponse]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    _discard(done.result())
+                with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+                    loop.call_soon_threadsafe(permits.release)
+
+            started.add_done_callback(orphaned)
+            raise
+        except BaseException:
+            permits.release()
+            raise
+        try:
+            if slot is None:  # the body was read with the headers
+                return self._finish(request, response)
+            try:
+                await slot.acquire()
+            except BaseException:  # cancelled while waiting: the body will never be read
+                _discard(response)
+                raise
+            try:
+                answer = await loop.run_in_executor(self._executor, self._finish, request, response)
+            except BaseException:
+                slot.release()
+                raise
+            if answer.status_code >= 400:
+                slot.release()  # an error answer: nothing to hold while the caller backs off
+            return answer
+        finally:
+            permits.release()
+
+    def _permits(self, loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
+        """The connection permits for ``loop`` (a transport used from a later event
+        loop, as tests do, gets its own)."""
+        if self._permit_loop is not loop:
+            self._permit_loop = loop
+            self._permit_sem = asyncio.Semaphore(self._max_connections)
+        return self._permit_sem
+
+    def _start(
+        self, request: httpx.Request, body: bytes, preload: bool
+    ) -> urllib3.BaseHTTPResponse:
+        """The response, its body read too with ``preload`` (else only its headers)."""
+        with _as_httpx_errors(request):
+            return self._pool.request(
                 request.method,
                 str(request.url),
                 body=body or None,
                 headers=dict(request.headers),
                 redirect=False,
-                preload_content=True,
+                preload_content=preload,
                 decode_content=True,
             )
-        except u3.NewConnectionError as exc:  # a subclass of ConnectTimeoutError: first
-            raise httpx.ConnectError(_what(exc), request=request) from None
-        except u3.ConnectTimeoutError as exc:
-            raise httpx.ConnectTimeout(_what(exc), request=request) from None
-        except (u3.ReadTimeoutError, TimeoutError) as exc:
-            raise httpx.ReadTimeout(_what(exc), request=request) from None
-        except u3.MaxRetryError as exc:  # retries=False still wraps connection failures
-            raise _from_reason(exc.reason, request) from None
-        except (u3.ProtocolError, u3.DecodeError, u3.IncompleteRead) as exc:
-            raise httpx.RemoteProtocolError(_what(exc), request=request) from None
-        except (u3.HTTPError, OSError) as exc:
-            raise httpx.ReadError(_what(exc), request=request) from None
+
+    def _finish(self, request: httpx.Request, response: urllib3.BaseHTTPResponse) -> httpx.Response:
+        """Read the body (if not read yet) and give the connection back to the pool."""
+        try:
+            with _as_httpx_errors(request):
+                data = response.data
+        finally:
+            response.release_conn()
         headers = list(response.headers.iteritems())
         if "content-encoding" in response.headers:  # urllib3 decoded the body already
             drop = {"content-encoding", "content-length"}
@@ -96,13 +189,39 @@ class Urllib3Transport(httpx.AsyncBaseTransport):
         return httpx.Response(
             response.status,
             headers=headers,
-            content=response.data,
+            content=data,
             request=request,
         )
 
     async def aclose(self) -> None:
         self._pool.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
+    """urllib3's exceptions as the httpx ones httpx's own transport would raise."""
+    try:
+        yield
+    except u3.NewConnectionError as exc:  # a subclass of ConnectTimeoutError: first
+        raise httpx.ConnectError(_what(exc), request=request) from None
+    except u3.ConnectTimeoutError as exc:
+        raise httpx.ConnectTimeout(_what(exc), request=request) from None
+    except (u3.ReadTimeoutError, TimeoutError) as exc:
+        raise httpx.ReadTimeout(_what(exc), request=request) from None
+    except u3.MaxRetryError as exc:  # retries=False still wraps connection failures
+        raise _from_reason(exc.reason, request) from None
+    except (u3.ProtocolError, u3.DecodeError, u3.IncompleteRead) as exc:
+        raise httpx.RemoteProtocolError(_what(exc), request=request) from None
+    except (u3.HTTPError, OSError) as exc:
+        raise httpx.ReadError(_what(exc), request=request) from None
+
+
+def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    """A response whose body will not be read: close its connection (unread bytes
+    must not be left on a keep-alive connection) and give it back to the pool."""
+    response.close()
+    response.release_conn()
 
 
 def _from_reason(reason: Exception | None, request: httpx.Request) -> httpx.TransportError:

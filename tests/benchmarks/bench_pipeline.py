@@ -62,6 +62,7 @@ from typing import Any
 import orjson
 
 from archiver.catalog.keys import new_catalog_secret
+from archiver.config import ApiSettings, PipelineSettings, StorageSettings
 from archiver.core.signing import Signer
 from archiver.idpass.models import SLOTS
 from archiver.sandbox.seaweedfs import SeaweedFS
@@ -77,8 +78,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "bench"
 KMS_KEY = "bench-key"
 REGION = "us-east-1"
-CONCURRENCY = 6  # the archiver's default pipeline.concurrency (and api.concurrency)
-UPLOAD_THREADS = 16  # the archiver's default storage.upload_threads
+# The archiver's defaults, read from its settings so that the ceilings use the same:
+# response bodies held, details requests in flight, S3 upload threads.
+CONCURRENCY = PipelineSettings.model_fields["concurrency"].default
+REQUESTS = ApiSettings.model_fields["concurrency"].default
+UPLOAD_THREADS = StorageSettings.model_fields["upload_threads"].default
 DETAILS_DELAY = 0.150
 S3_DELAY = 0.015
 SAMPLE_PASSES = 4  # passes whose every image is read back and hashed, per variant
@@ -585,7 +589,7 @@ url = "sqlite:///{cdir / "catalog.db"}"
     def run_fetch(self, data: Dataset) -> Result:
         logs = self._logs(f"b-n{data.passes}")
         cmd = [PY, "-m", "tests.benchmarks.pipeline_fetch", "--url", data.url]
-        cmd += ["--ledger", str(data.ledger), "--concurrency", str(CONCURRENCY)]
+        cmd += ["--ledger", str(data.ledger), "--concurrency", str(REQUESTS)]
         measured = run_child(cmd, self.base_env, logs, [data.server_pid], self.wait)
         out = _last_json(measured.stdout)
         result = self._result("b", "(b) fetch ceiling: httpx", data, False, measured, None, logs)
@@ -1108,6 +1112,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "settings": {
                 "concurrency": CONCURRENCY,
+                "requests": REQUESTS,
                 "upload_threads": UPLOAD_THREADS,
                 "s5cmd_workers": args.s5cmd_workers,
                 "details_delay_s": DETAILS_DELAY,

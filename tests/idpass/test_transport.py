@@ -3,19 +3,22 @@ loader, against a small loopback server that misbehaves on purpose."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
 from archiver.core.images import decode_base64
 from archiver.errors import ApiMalformedResponse, ApiServerError, ApiTransportError
 from archiver.idpass.client import IdPassClient, load_json
+from archiver.idpass.transport import BodySlot, body_slot
 from tests.helpers import make_jpeg
 
 PID = "0b6f3c9e-6a55-4a43-9d8f-2f0a8f7e3c11"
@@ -23,6 +26,7 @@ JPEG = make_jpeg()
 B64 = base64.b64encode(JPEG).decode()
 
 Handler = Callable[[socket.socket, bytes], None]
+T = TypeVar("T")
 
 
 def _doc(images: object) -> dict[str, object]:
@@ -194,6 +198,99 @@ async def test_http_errors_and_non_json_over_a_real_socket(server):
             await api.details(PID)
         with pytest.raises(ApiMalformedResponse, match="not valid JSON"):
             await api.details(PID)
+
+
+# -- body slots: more requests in flight than bodies held ---------------------------
+
+
+def _with_slot(slots: asyncio.Semaphore, call: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+    """``call()`` in a task of its own that holds a :class:`BodySlot` on ``slots``,
+    released when the call returns (as the pipeline does once a pass is decoded)."""
+
+    async def run() -> T:
+        slot = BodySlot(slots)
+        body_slot.set(slot)
+        try:
+            return await call()
+        finally:
+            slot.release()
+
+    return asyncio.create_task(run())
+
+
+async def test_a_body_is_read_only_once_a_body_slot_is_free(server):
+    answered = threading.Event()
+
+    def handler(sock: socket.socket, head: bytes) -> None:
+        _answer(sock, json.dumps(_doc({"probe": B64})).encode())
+        answered.set()
+
+    slots = asyncio.Semaphore(1)
+    async with IdPassClient(server(handler), "tok") as api:
+        await slots.acquire()  # another pass holds the only slot
+        task = _with_slot(slots, lambda: api.details(PID))
+        assert await asyncio.to_thread(answered.wait, 5)
+        await asyncio.sleep(0.3)
+        assert not task.done()  # the answer is there; its body waits for the slot
+        slots.release()
+        read = await asyncio.wait_for(task, 5)
+    assert base64.b64decode(read.images["probe"]) == JPEG
+    assert not slots.locked()
+
+
+async def test_an_error_answer_gives_its_body_slot_back(server):
+    """The caller may back off for long after an error answer: it holds no body."""
+
+    def handler(sock: socket.socket, head: bytes) -> None:
+        _answer(sock, b'{"error": {"code": "maintenance"}}', status="503 Service Unavailable")
+
+    slots = asyncio.Semaphore(1)
+    slot = BodySlot(slots)
+    body_slot.set(slot)
+    async with IdPassClient(server(handler), "tok") as api:
+        with pytest.raises(ApiServerError):
+            await api.details(PID)
+    assert not slot.held
+    assert not slots.locked()
+
+
+async def test_more_requests_than_connections_and_slots_all_finish(server):
+    """Responses waiting for a body slot hold connections; a request waiting for a
+    connection must not take the thread that would read a body (a deadlock)."""
+
+    def handler(sock: socket.socket, head: bytes) -> None:
+        _answer(sock, json.dumps(_doc({"probe": B64})).encode())
+
+    slots = asyncio.Semaphore(1)
+    async with IdPassClient(server(handler), "tok", max_connections=2) as api:
+        tasks = [_with_slot(slots, lambda: api.details(PID)) for _ in range(8)]
+        reads = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    assert [r.details.id for r in reads] == [PID] * 8
+
+
+async def test_cancelled_while_waiting_for_a_slot_frees_the_connection(server):
+    answered = threading.Event()
+    served: list[int] = []
+
+    def handler(sock: socket.socket, head: bytes) -> None:
+        served.append(sock.fileno())
+        _answer(sock, json.dumps(_doc({"probe": B64})).encode())
+        answered.set()
+
+    slots = asyncio.Semaphore(1)
+    async with IdPassClient(server(handler), "tok", max_connections=1) as api:
+        await slots.acquire()
+        waiting = _with_slot(slots, lambda: api.details(PID))
+        assert await asyncio.to_thread(answered.wait, 5)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        slots.release()
+        # the only connection: its unread body was dropped with it, so the next
+        # request gets a clean connection instead of waiting forever for one
+        read = await asyncio.wait_for(_with_slot(slots, lambda: api.details(PID)), 5)
+    assert read.details.id == PID
+    assert len(served) == 2
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,11 @@ class Harness:
 
         async def go() -> RunSummary:
             with ThreadPoolExecutor(8) as pool:
-                async with IdPassClient(self.sandbox.base_url, token or self.sandbox.token) as api:
+                async with IdPassClient(
+                    self.sandbox.base_url,
+                    token or self.sandbox.token,
+                    max_connections=self.options.requests,  # as the app does
+                ) as api:
                     pipeline = Pipeline(
                         api=api,
                         store=self.store,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -11,6 +12,7 @@ import pytest
 from archiver.catalog import Outcome, OutcomeUpdate
 from archiver.core import manifest as mf
 from archiver.idpass.models import SLOTS
+from archiver.idpass.transport import BodySlot, Urllib3Transport
 from archiver.results import EXIT_EXPIRED, EXIT_INCOMPLETE, EXIT_OK
 from archiver.sandbox.state import DEFAULT_SLOTS as SANDBOX_DEFAULT_SLOTS
 
@@ -43,6 +45,61 @@ def test_archives_images_record_sums_and_manifest(harness):
     assert entry.state is Outcome.ARCHIVED
     assert entry.manifest_sha256 == mf.sha256_hex(store.get(lay.manifest(p["id"])))
     assert entry.deadline is not None and entry.api_status == "complete"
+
+
+def test_requests_wait_on_the_api_while_few_bodies_are_held(harness, monkeypatch):
+    """``requests`` details requests wait on a slow API at once, yet at most
+    ``concurrency`` response bodies are held: the transport reads a body only once
+    its pass has a body slot, and the pass keeps it until its images are decoded."""
+    harness.options = dataclasses.replace(harness.options, concurrency=1, requests=4)
+    passes = harness.seed(8, image_retention_days=30)
+    harness.import_ledger()
+    held, in_flight = Gauge(), Gauge()
+    acquire, release, start = BodySlot.acquire, BodySlot.release, Urllib3Transport._start
+
+    async def counted_acquire(self):
+        was = self.held
+        await acquire(self)
+        if not was:
+            held.add(1)
+
+    def counted_release(self):
+        if self.held:
+            held.add(-1)
+        release(self)
+
+    def counted_start(self, *args):
+        in_flight.add(1)
+        try:
+            return start(self, *args)
+        finally:
+            in_flight.add(-1)
+
+    monkeypatch.setattr(BodySlot, "acquire", counted_acquire)
+    monkeypatch.setattr(BodySlot, "release", counted_release)
+    monkeypatch.setattr(Urllib3Transport, "_start", counted_start)
+    rates = {"paths": ["/idpass/details"], "rates": {"latency": 1.0}, "latency_seconds": [0.4, 0.4]}
+    assert harness.http.post("/_sandbox/fault-rates", json=rates).status_code == 200
+    try:
+        summary = harness.run()
+    finally:
+        harness.http.delete("/_sandbox/fault-rates")
+    assert _outcomes(summary) == {p["id"]: Outcome.ARCHIVED for p in passes}
+    assert in_flight.most == 4  # every request waited on the API together
+    assert held.most == 1 and held.now == 0
+
+
+class Gauge:
+    """A count that goes up and down (from several threads), and its highest value."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.now += n
+            self.most = max(self.most, self.now)
 
 
 def test_outcomes_for_every_kind_of_pass(harness):
