@@ -48,6 +48,9 @@ _SECRET_NAMES = frozenset(
 # 40+ Base64 characters in a row: image data, keys, tokens. (Object keys and UUIDs
 # break such runs with '-' and '.', so they stay readable.)
 _BLOB = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
+# An object key's day folders (.../runs/2026/11/30/20261130T...) make such a run
+# too, with '/'; random Base64 holding "/yyyy/mm/dd/" is vanishingly unlikely.
+_DAY_PATH = re.compile(r"(?:^|/)\d{4}/\d{2}/\d{2}/")
 REDACTED = "[redacted]"
 
 
@@ -72,6 +75,9 @@ def _mask(value: str) -> str:
         text = m.group(0)
         # Keep hex digests (sha256) and UUID-like ids: they are ours, not personal.
         if re.fullmatch(r"[0-9a-f]{40,64}", text):
+            return text
+        # Keep an object key's path: day folders, each part shorter than a blob.
+        if _DAY_PATH.search(text) and all(len(p) < 40 for p in text.split("/")):
             return text
         return REDACTED
 

@@ -1,9 +1,12 @@
 import io
+from datetime import UTC, datetime
 
 import orjson
 import structlog
 
-from archiver.logging import REDACTED, configure
+from archiver.core.layout import Layout
+from archiver.logging import _BLOB, REDACTED, configure
+from archiver.pipeline import new_run_id
 
 
 def _capture(**event):
@@ -38,3 +41,15 @@ def test_blob_like_values_are_masked_but_keys_and_hashes_kept():
     assert blob not in line["note"] and REDACTED in line["note"]
     assert line["s3_key"] == key
     assert line["sha"] == digest
+
+
+def test_object_keys_with_day_folders_are_kept():
+    """A run manifest's key (day folders, a timestamped run id) stays readable in the
+    log; a Base64 blob with slashes and a day path in it is still masked."""
+    now = datetime(2026, 11, 30, 7, 11, 56, tzinfo=UTC)
+    key = Layout("compliance/idpass").run(new_run_id(now), now)
+    assert _BLOB.search(key)  # a 40+ character run of Base64 characters
+    blob = "a/b" + "Q" * 40 + "/2026/11/30/x"  # one part as long as a blob
+    line = _capture(run_manifest_key=key, note=blob)
+    assert line["run_manifest_key"] == key
+    assert line["note"] != blob and REDACTED in line["note"]
