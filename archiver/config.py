@@ -270,6 +270,11 @@ class MetricsSettings(_Section):
             raise ValueError("must end in .prom (node-exporter reads only those)")
         return path
 
+    @property
+    def enabled(self) -> bool:
+        """A target is set: each run publishes its metrics."""
+        return self.pushgateway_url is not None or self.textfile_path is not None
+
 
 class Settings(_Section):
     # Optional so that an auditor's `verify` needs only [storage] and a public key;

@@ -226,7 +226,7 @@ def publish(summary: RunSummary, settings: Settings, *, command: str | None = No
     CLI command (``backfill`` gets its own series). Never raises: a failure is logged
     as ``metrics_failed``. A dry run publishes nothing."""
     cfg = settings.metrics
-    if summary.dry_run or (cfg.pushgateway_url is None and cfg.textfile_path is None):
+    if summary.dry_run or not cfg.enabled:
         return
     mode: Mode = "backfill" if command == "backfill" else "run"
     labels: dict[str, str] = {"mode": mode}

@@ -352,3 +352,20 @@ def test_cli_run_publishes_metrics(cli_config, sandbox_http, gateway, pii_watch,
     assert got[("idpass_archiver_last_run_success", run_labels)] == 0
     assert got[(LAST_SUCCESS, run_labels)] == finished
     assert (LAST_SUCCESS, ()) not in _samples(gateway.requests[-1][2])
+
+
+def test_run_without_metrics_does_not_load_prometheus_client(cli_config):
+    """With no [metrics] target, `run` publishes nothing and does not even import
+    prometheus_client (start-up time of every run); with one, it does (above)."""
+    cfg, env = cli_config
+    run = run_cli(
+        ["run", "--json", "--config", str(cfg)], env={**env, "PYTHONPROFILEIMPORTTIME": "1"}
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in run.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "archiver.pipeline" in imported  # the import log is complete
+    assert "prometheus_client" not in imported
