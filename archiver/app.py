@@ -26,7 +26,7 @@ from archiver.catalog import Scope
 from archiver.catalog.keys import KeySealer
 from archiver.catalog.sql import SqlCatalog
 from archiver.clock import Clock, SystemClock
-from archiver.config import ApiSettings, Settings
+from archiver.config import Settings
 from archiver.core.images import sha256_hex
 from archiver.core.layout import Layout
 from archiver.core.runlog import build_run_manifest, run_manifest_bytes
@@ -77,9 +77,6 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         kms_key_id=settings.storage.kms_key_id,
         worker_id=settings.catalog.worker_id or default_worker_id(),
         lease_seconds=settings.catalog.lease_seconds,
-        requests=settings.api.concurrency
-        if settings.api is not None
-        else ApiSettings.model_fields["concurrency"].default,
     )
 
 
@@ -178,7 +175,11 @@ async def run_cycle(
     if not dry_run:
         publish_public_key(rt.store, Layout(s.storage.clean_prefix), signer)
     stop = stop or threading.Event()
-    options = dataclasses.replace(pipeline_options(s), next_run=next_run_after(s, rt.clock.now()))
+    options = dataclasses.replace(
+        pipeline_options(s),
+        next_run=next_run_after(s, rt.clock.now()),
+        requests=api_settings.concurrency,  # as many as the client has connections
+    )
     rate = api_settings.requests_per_second if requests_per_second is None else requests_per_second
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []

@@ -104,8 +104,9 @@ class Urllib3Transport(httpx.AsyncBaseTransport):
             max_workers=max_connections, thread_name_prefix="idpass-http"
         )
         self._max_connections = max_connections
+        # connection permits, made in the event loop that first uses them (_permits)
         self._permit_loop: asyncio.AbstractEventLoop | None = None
-        self._permit_sem = asyncio.Semaphore(max_connections)
+        self._permit_sem: asyncio.Semaphore | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
@@ -155,7 +156,7 @@ class Urllib3Transport(httpx.AsyncBaseTransport):
     def _permits(self, loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
         """The connection permits for ``loop`` (a transport used from a later event
         loop, as tests do, gets its own)."""
-        if self._permit_loop is not loop:
+        if self._permit_sem is None or self._permit_loop is not loop:
             self._permit_loop = loop
             self._permit_sem = asyncio.Semaphore(self._max_connections)
         return self._permit_sem
