@@ -256,6 +256,7 @@ class Pipeline:
         width = self.opt.requests + 2 * self.opt.concurrency
         queue: asyncio.Queue[CatalogEntry | None] = asyncio.Queue(maxsize=width)
         unprocessed: set[str] = set()  # claimed but not (yet) finished
+        finished = asyncio.Event()  # a pass ended: the feeder may have room to claim
 
         async def worker() -> None:
             while True:
@@ -263,6 +264,7 @@ class Pipeline:
                 if entry is None:
                     return
                 if self._stop.is_set():
+                    finished.set()  # the feeder may be waiting for room: it stops too
                     continue
                 task = asyncio.create_task(self._one(entry))
                 self._inflight.add(task)
@@ -274,6 +276,7 @@ class Pipeline:
                     result = None  # abandoned after the stop grace period
                 finally:
                     self._inflight.discard(task)
+                    finished.set()
                 if result is not None:
                     summary.add(result)
                     unprocessed.discard(entry.pass_id)
@@ -302,7 +305,7 @@ class Pipeline:
                         break
                     await queue.put(entry)
             else:
-                await self._feed(queue, width, limit, unprocessed, scope)
+                await self._feed(queue, width, limit, unprocessed, finished, scope)
         finally:
             for _ in workers:
                 await queue.put(None)
@@ -313,20 +316,30 @@ class Pipeline:
     async def _feed(
         self,
         queue: asyncio.Queue[CatalogEntry | None],
-        step: int,
+        width: int,
         limit: int | None,
         unprocessed: set[str],
+        finished: asyncio.Event,
         scope: Scope | None,
     ) -> None:
-        """Claim due passes in small batches (leases stay short-lived) and queue them.
-        A scope with many pass ids is worked through in chunks."""
+        """Claim due passes in small batches and queue them. A worker holds at most
+        ``width`` leases, the passes it is working on: claiming further ahead would
+        leave passes leased but idle while other workers of a shared catalog have
+        nothing to do, and their leases ageing. A scope with many pass ids is worked
+        through in chunks."""
         fed = 0
+        batch_min = max(1, width // 4)  # fewer, larger claims: one statement each
         scopes: list[Scope | None] = [scope]
         if scope is not None and scope.pass_ids is not None:
             scopes = list(_id_chunks(scope))
         for part in scopes:
             while not self._stop.is_set():
-                want = step if limit is None else min(step, limit - fed)
+                room = width - len(unprocessed)
+                if room < batch_min:
+                    finished.clear()
+                    await finished.wait()
+                    continue
+                want = room if limit is None else min(room, limit - fed)
                 if want <= 0:
                     return
                 batch = self.catalog.claim(

@@ -315,6 +315,8 @@ class Bench:
         self.attempts = attempts
         self.wait_budget = wait_budget  # seconds of waiting and re-measuring left, in all
         self.variants = set(VARIANTS)
+        # --set: IDPASS_ARCHIVER_<SECTION>__<KEY> overrides for (a) only
+        self.archiver_overrides: dict[str, str] = {}
         self.token = secrets.token_urlsafe(24)
         self.signing_key = Signer.generate().private_pem().decode()
         self.catalog_key = new_catalog_secret()
@@ -535,7 +537,7 @@ url = "sqlite:///{cdir / "catalog.db"}"
         cfg, archiver_env = self.archiver_config(
             s3_url or s3.endpoint_url, data, tag, self.workdir / f"cfg-{tag}-{self.counter}"
         )
-        env = {**self.s3_env(s3), **archiver_env}
+        env = {**self.s3_env(s3), **archiver_env, **self.archiver_overrides}
         if not empty:
             import_cmd = [PY, "-m", "archiver", "catalog", "import", str(data.ledger)]
             imported = subprocess.run(
@@ -1035,6 +1037,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the runs without latency (with --latency or --profile)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION__KEY=VALUE",
+        help="run (a) with this setting changed (e.g. storage__upload_threads=32); repeatable",
+    )
     parser.add_argument("--s5cmd-workers", type=int, default=16)
     parser.add_argument("--profile", type=Path, metavar="DIR", help="also profile (a) with py-spy")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -1069,6 +1078,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(workdir.resolve(), args.seed, args.quiet_wait, args.attempts, args.wait_budget)
     bench.variants = set(args.variants)
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or "__" not in name:
+            parser.error(f"--set {item!r}: expected SECTION__KEY=VALUE")
+        bench.archiver_overrides[f"IDPASS_ARCHIVER_{name.upper()}"] = value
     runs: list[dict[str, Any]] = []
     profile_text = None
     t0 = time.monotonic()
@@ -1091,6 +1105,8 @@ def main(argv: list[str] | None = None) -> int:
         f"loopback; SeaweedFS and the details server share the cores "
         f"({time.monotonic() - t0:.0f} s in all)"
     )
+    if args.set:
+        print("(a) ran with: " + ", ".join(args.set))
     print(text)
     if profile_text:
         print()
@@ -1109,6 +1125,7 @@ def main(argv: list[str] | None = None) -> int:
                 "s5cmd_workers": args.s5cmd_workers,
                 "details_delay_s": DETAILS_DELAY,
                 "s3_delay_s": S3_DELAY,
+                "archiver_overrides": args.set,
             },
             "targets": TARGETS,
             "runs": runs,

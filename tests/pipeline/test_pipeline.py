@@ -89,6 +89,44 @@ def test_requests_wait_on_the_api_while_few_bodies_are_held(harness, monkeypatch
     assert held.most == 1 and held.now == 0
 
 
+def test_a_worker_leases_only_the_passes_it_is_working_on(harness, monkeypatch):
+    """A worker of a shared catalog holds at most ``requests + 2 x concurrency``
+    leases (its passes waiting on the API, holding a body, uploading): it does not
+    claim further ahead, where passes would sit leased and idle while other workers
+    have nothing to do. The backlog is still worked through in batches."""
+    harness.options = dataclasses.replace(harness.options, concurrency=1, requests=2)
+    width = 2 + 2 * 1
+    passes = harness.seed(24, image_retention_days=30)
+    harness.import_ledger()
+    leases, claims = Gauge(), []
+    catalog = harness.catalog
+    claim, record = catalog.claim, catalog.record
+
+    def counted_claim(*args, **kwargs):
+        batch = claim(*args, **kwargs)
+        claims.append(len(batch))
+        leases.add(len(batch))
+        return batch
+
+    def counted_record(*args, **kwargs):
+        record(*args, **kwargs)
+        leases.add(-1)
+
+    monkeypatch.setattr(catalog, "claim", counted_claim)
+    monkeypatch.setattr(catalog, "record", counted_record)
+    slow = {"latency": 1.0}
+    rates = {"paths": ["/idpass/details"], "rates": slow, "latency_seconds": [0.05, 0.1]}
+    assert harness.http.post("/_sandbox/fault-rates", json=rates).status_code == 200
+    try:
+        summary = harness.run()
+    finally:
+        harness.http.delete("/_sandbox/fault-rates")
+    assert _outcomes(summary) == {p["id"]: Outcome.ARCHIVED for p in passes}
+    assert leases.most == width and leases.now == 0
+    assert sum(claims) == 24 and claims[-1] == 0  # the last claim found nothing left
+    assert len(claims) < 24  # batches: a claim for one pass only when that is all there is
+
+
 class Gauge:
     """A count that goes up and down (from several threads), and its highest value."""
 
