@@ -78,12 +78,7 @@ def test_requests_wait_on_the_api_while_few_bodies_are_held(harness, monkeypatch
     monkeypatch.setattr(BodySlot, "acquire", counted_acquire)
     monkeypatch.setattr(BodySlot, "release", counted_release)
     monkeypatch.setattr(Urllib3Transport, "_start", counted_start)
-    rates = {"paths": ["/idpass/details"], "rates": {"latency": 1.0}, "latency_seconds": [0.4, 0.4]}
-    assert harness.http.post("/_sandbox/fault-rates", json=rates).status_code == 200
-    try:
-        summary = harness.run()
-    finally:
-        harness.http.delete("/_sandbox/fault-rates")
+    summary = _run_with_slow_details(harness, 0.4, 0.4)
     assert _outcomes(summary) == {p["id"]: Outcome.ARCHIVED for p in passes}
     assert in_flight.most == 4  # every request waited on the API together
     assert held.most == 1 and held.now == 0
@@ -114,17 +109,22 @@ def test_a_worker_leases_only_the_passes_it_is_working_on(harness, monkeypatch):
 
     monkeypatch.setattr(catalog, "claim", counted_claim)
     monkeypatch.setattr(catalog, "record", counted_record)
-    slow = {"latency": 1.0}
-    rates = {"paths": ["/idpass/details"], "rates": slow, "latency_seconds": [0.05, 0.1]}
-    assert harness.http.post("/_sandbox/fault-rates", json=rates).status_code == 200
-    try:
-        summary = harness.run()
-    finally:
-        harness.http.delete("/_sandbox/fault-rates")
+    summary = _run_with_slow_details(harness, 0.05, 0.1)
     assert _outcomes(summary) == {p["id"]: Outcome.ARCHIVED for p in passes}
     assert leases.most == width and leases.now == 0
     assert sum(claims) == 24 and claims[-1] == 0  # the last claim found nothing left
     assert len(claims) < 24  # batches: a claim for one pass only when that is all there is
+
+
+def _run_with_slow_details(harness, low: float, high: float):
+    """One run while the sandbox answers every details request after low-high seconds."""
+    slow = {"paths": ["/idpass/details"], "rates": {"latency": 1.0}}
+    rates = {**slow, "latency_seconds": [low, high]}
+    assert harness.http.post("/_sandbox/fault-rates", json=rates).status_code == 200
+    try:
+        return harness.run()
+    finally:
+        harness.http.delete("/_sandbox/fault-rates")
 
 
 class Gauge:
