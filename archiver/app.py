@@ -27,8 +27,8 @@ from archiver.catalog.keys import KeySealer
 from archiver.catalog.sql import SqlCatalog
 from archiver.clock import Clock, SystemClock
 from archiver.config import Settings
+from archiver.core.format import Layout
 from archiver.core.images import sha256_hex
-from archiver.core.layout import Layout
 from archiver.core.runlog import build_run_manifest, run_manifest_bytes
 from archiver.core.signing import Signer, SigningKeyError
 from archiver.errors import AlreadyRunning, ConfigError
@@ -67,7 +67,6 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         max_image_bytes=p.max_image_bytes,
         archive_statuses=p.archive_statuses,
         decryption=p.decryption,
-        batch_size=p.batch_size,
         max_attempts=p.max_attempts,
         retry_base=timedelta(seconds=p.retry_base_seconds),
         retry_cap=timedelta(seconds=p.retry_cap_seconds),
@@ -217,10 +216,10 @@ async def run_cycle(
                     clock=rt.clock,
                     executor=executor,
                     signer=signer,
+                    age_recipients=age_recipients(s),
+                    key_lookup=key_lookup,
+                    on_result=on_result,
                 )
-                pipeline.on_result = on_result
-                pipeline.key_lookup = key_lookup
-                pipeline.age_recipients = age_recipients(s)
 
                 async def watch() -> None:
                     while not stop.is_set():

@@ -425,7 +425,7 @@ def _trusted_keys(settings: config_mod.Settings, extra: Sequence[str]) -> list[A
 
 def cmd_export(args: argparse.Namespace) -> int:
     from archiver.app import open_store
-    from archiver.core.layout import Layout
+    from archiver.core.format import Layout
     from archiver.export import export_pass, load_identities
     from archiver.sources.file import normalise_pass_id
 
@@ -452,7 +452,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from archiver.app import open_store
-    from archiver.core.layout import Layout
+    from archiver.core.format import Layout
     from archiver.export import load_identities
     from archiver.verify import VerifyScope, run_verify
 
@@ -643,7 +643,7 @@ def _upsert_report(
 def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
     from archiver.app import open_catalog, open_store
     from archiver.clock import SystemClock
-    from archiver.core.layout import Layout
+    from archiver.core.format import Layout
     from archiver.core.signing import Signer
     from archiver.rebuild import rebuild
 

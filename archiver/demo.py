@@ -32,8 +32,7 @@ from archiver import config as config_mod
 from archiver.app import run_cycle, runtime
 from archiver.catalog.keys import new_catalog_secret
 from archiver.clock import isoformat
-from archiver.core import manifest as mf
-from archiver.core.layout import Layout
+from archiver.core.format import Layout, PassManifest
 from archiver.core.signing import Signer
 from archiver.idpass.models import SLOTS
 from archiver.logging import configure
@@ -159,17 +158,16 @@ def _read_back(
     problems: list[str] = []
     for pid in archived:
         data = store.get(layout.manifest(pid))
-        doc = mf.parse_manifest(data)
-        for entry in doc["objects"]:
-            body = store.get(entry["key"], version_id=entry["version_id"])
+        for entry in PassManifest.parse(data).objects:
+            body = store.get(entry.key, version_id=entry.version_id)
             objects += 1
             nbytes += len(body)
-            if hashlib.sha256(body).hexdigest() != entry["sha256"]:
-                problems.append(f"{entry['key']}: SHA-256 differs from the manifest")
-            if entry["role"] == "image":
-                original = admin.get(f"/_sandbox/passes/{pid}/images/{entry['slot']}")
+            if hashlib.sha256(body).hexdigest() != entry.sha256:
+                problems.append(f"{entry.key}: SHA-256 differs from the manifest")
+            if entry.role == "image":
+                original = admin.get(f"/_sandbox/passes/{pid}/images/{entry.slot}")
                 if original.status_code != 200 or original.content != body:
-                    problems.append(f"{entry['key']}: bytes differ from the sandbox's image")
+                    problems.append(f"{entry.key}: bytes differ from the sandbox's image")
     return objects, nbytes, problems
 
 

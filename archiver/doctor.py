@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from archiver.clock import Clock
 from archiver.config import Settings
-from archiver.core.layout import Layout
+from archiver.core.format import Layout
 from archiver.errors import ApiAuthError, ApiError, ApiNotFound, ArchiverError, ConfigError
 from archiver.idpass.client import IdPassClient
 from archiver.store.s3 import S3Store

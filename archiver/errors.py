@@ -25,6 +25,9 @@ data, cipher keys, tokens or response bodies: only ids, keys, statuses and reaso
     │   ├── ObjectConflict            no        no    key exists with other content
     │   └── EncryptionRefused         no        yes   a write would not be encrypted
     ├── CatalogError                  no        yes   the catalog database
+    ├── FormatError                   no        no    stored bytes that are not a manifest
+    │                                                 of a version this build reads
+    ├── SigningKeyError               no        no    a key unusable for Ed25519
     └── SourceError                   yes**     no    a pass source (KYC database, export)
 
     * a single failure is retried at pass level; the pipeline treats a run in which
@@ -211,6 +214,19 @@ class CatalogError(ArchiverError):
     """The catalog database failed or holds something we cannot read."""
 
     systemic = True
+
+
+# --- archive format and keys ---------------------------------------------------------
+
+
+class FormatError(ArchiverError):
+    """Stored bytes that are not a manifest of a version this build understands:
+    invalid JSON, an unknown version, or a document off its schema. Not retryable:
+    reading the same bytes again gives the same answer."""
+
+
+class SigningKeyError(ArchiverError):
+    """A key that cannot be used for Ed25519 signing or verification."""
 
 
 # --- sources ----------------------------------------------------------------------

@@ -14,13 +14,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from archiver.core import manifest as mf
-from archiver.core.layout import Layout
+from archiver.core.format import (
+    AGE_SUFFIX,
+    SUMS,
+    Layout,
+    ObjectEntry,
+    PassManifest,
+    signature_key,
+)
 from archiver.core.signing import Verifier
-from archiver.errors import ArchiverError, StoreError
+from archiver.errors import ArchiverError, FormatError, StoreError
 from archiver.store import ObjectStore
-
-AGE_SUFFIX = ".age"
 
 
 class ExportError(ArchiverError):
@@ -55,35 +59,16 @@ def export_pass(
     identities: list[Any],
     to_dir: Path,
 ) -> list[Path]:
-    import pyrage
-
-    mkey = layout.manifest(pass_id)
-    try:
-        data = store.get(mkey)
-        sig = store.get(mkey + ".sig")
-    except StoreError as exc:
-        raise ExportError(f"pass {pass_id}: {exc.message}") from None
-    if not any(v.verify(data, sig) for v in trusted):
-        raise ExportError(f"pass {pass_id}: the manifest signature does not verify")
-    doc = mf.parse_manifest(data)
+    manifest = _signed_manifest(store, layout, pass_id, trusted)
     out_dir = to_dir / pass_id
     written: list[tuple[Path, str]] = []
-    for entry in doc["objects"]:
-        if entry["role"] == "checksums":
+    for entry in manifest.objects:
+        if entry.role == "checksums":
             continue
-        body = store.get(entry["key"], version_id=entry["version_id"])
-        if hashlib.sha256(body).hexdigest() != entry["sha256"]:
-            raise ExportError(f"{entry['key']}: content differs from the manifest")
-        rel = layout.relative(pass_id, entry["key"])
-        if "plaintext_sha256" in entry:
-            if not identities:
-                raise ExportError("the archive is age-encrypted: pass --identity FILE")
-            try:
-                body = pyrage.decrypt(body, identities)
-            except Exception:
-                raise ExportError(f"{entry['key']}: no given identity opens it") from None
-            if hashlib.sha256(body).hexdigest() != entry["plaintext_sha256"]:
-                raise ExportError(f"{entry['key']}: decrypted content differs from the manifest")
+        body = _fetch(store, entry)
+        rel = layout.relative(pass_id, entry.key)
+        if entry.age_encrypted:
+            body = _decrypt(entry, body, identities)
             rel = rel.removesuffix(AGE_SUFFIX)
         target = out_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,5 +77,51 @@ def export_pass(
             fh.write(body)
         written.append((target, hashlib.sha256(body).hexdigest()))
     sums = "".join(f"{d}  {p.relative_to(out_dir)}\n" for p, d in sorted(written))
-    (out_dir / "SHA256SUMS").write_text(sums, encoding="ascii")
+    (out_dir / SUMS).write_text(sums, encoding="ascii")
     return [p for p, _ in written]
+
+
+def _signed_manifest(
+    store: ObjectStore, layout: Layout, pass_id: str, trusted: list[Verifier]
+) -> PassManifest:
+    """The pass's manifest, once its signature verifies under a trusted key and this
+    build can read its format."""
+    mkey = layout.manifest(pass_id)
+    try:
+        data = store.get(mkey)
+        sig = store.get(signature_key(mkey))
+    except StoreError as exc:
+        raise ExportError(f"pass {pass_id}: {exc.message}") from None
+    if not any(v.verify(data, sig) for v in trusted):
+        raise ExportError(f"pass {pass_id}: the manifest signature does not verify")
+    try:
+        return PassManifest.parse(data)
+    except FormatError as exc:
+        raise ExportError(
+            f"pass {pass_id}: the manifest is signed but cannot be read by this build "
+            f"({exc.message}); use an idpass-archiver release that reads it"
+        ) from None
+
+
+def _fetch(store: ObjectStore, entry: ObjectEntry) -> bytes:
+    try:
+        body = store.get(entry.key, version_id=entry.version_id)
+    except StoreError as exc:
+        raise ExportError(f"{entry.key}: {exc.message}") from None
+    if hashlib.sha256(body).hexdigest() != entry.sha256:
+        raise ExportError(f"{entry.key}: content differs from the manifest")
+    return body
+
+
+def _decrypt(entry: ObjectEntry, body: bytes, identities: list[Any]) -> bytes:
+    import pyrage
+
+    if not identities:
+        raise ExportError("the archive is age-encrypted: pass --identity FILE")
+    try:
+        plain: bytes = pyrage.decrypt(body, identities)
+    except Exception:
+        raise ExportError(f"{entry.key}: no given identity opens it") from None
+    if hashlib.sha256(plain).hexdigest() != entry.plaintext_sha256:
+        raise ExportError(f"{entry.key}: decrypted content differs from the manifest")
+    return plain

@@ -15,11 +15,10 @@ from datetime import datetime
 
 from archiver.catalog import Outcome, OutcomeUpdate, PassUpsert
 from archiver.catalog.sql import SqlCatalog
-from archiver.core import manifest as mf
+from archiver.core.format import Layout, PassManifest, signature_key
 from archiver.core.images import sha256_hex
-from archiver.core.layout import MANIFEST, Layout
 from archiver.core.signing import Verifier
-from archiver.errors import StoreError
+from archiver.errors import FormatError, StoreError
 from archiver.store import ObjectStore
 
 
@@ -37,10 +36,6 @@ class RebuildReport:
         }
 
 
-def _ts(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
 def rebuild(
     store: ObjectStore,
     layout: Layout,
@@ -51,53 +46,61 @@ def rebuild(
 ) -> RebuildReport:
     report = RebuildReport()
     verifiers = list(trusted)
-    root = layout.passes_root()
-    for info in store.list(root):
-        if not info.key.endswith("/" + MANIFEST):
+    for info in store.list(layout.passes_root()):
+        if layout.manifest_pass_id(info.key) is None:
             continue
         report.manifests += 1
-        key = info.key
         try:
-            data = store.get(key)
-            doc = mf.parse_manifest(data)
-            if verifiers:
-                sig = store.get(key + ".sig")
-                if not any(v.verify(data, sig) for v in verifiers):
-                    raise mf.ManifestFormatError("signature does not verify")
-        except (StoreError, mf.ManifestFormatError) as exc:
-            report.rejected.append((key, str(exc)))
+            data, manifest = _read(store, info.key, verifiers)
+        except (StoreError, FormatError) as exc:
+            report.rejected.append((info.key, exc.message))
             continue
-        pid = doc["pass_id"]
-        if layout.manifest(pid) != key:
-            report.rejected.append((key, "manifest names another pass"))
+        if layout.manifest(manifest.pass_id) != info.key:
+            report.rejected.append((info.key, "manifest names another pass"))
             continue
-        p = doc["pass"]
-        catalog.upsert(
-            [
-                PassUpsert(
-                    pass_id=pid,
-                    source="rebuild",
-                    completed_at=_ts(p["completed_at"]),
-                    image_retention_days=p["image_retention_days"],
-                )
-            ]
-        )
-        catalog.record(
-            OutcomeUpdate(
-                pass_id=pid,
-                outcome=Outcome.ARCHIVED,
-                reason="rebuilt from its manifest",
-                api_status=p["status"],
-                completed_at=_ts(p["completed_at"]),
-                image_retention_days=p["image_retention_days"],
-                deadline=_ts(p["images_deadline"]),
-                manifest_key=key,
-                manifest_sha256=sha256_hex(data),
-                image_count=doc["image_count"],
-                image_bytes=doc["image_bytes"],
-                count_attempt=False,
-            ),
-            now,
-        )
+        _record(catalog, manifest, info.key, sha256_hex(data), now)
         report.recorded += 1
     return report
+
+
+def _read(store: ObjectStore, key: str, verifiers: list[Verifier]) -> tuple[bytes, PassManifest]:
+    data = store.get(key)
+    manifest = PassManifest.parse(data)
+    if verifiers:
+        sig = store.get(signature_key(key))
+        if not any(v.verify(data, sig) for v in verifiers):
+            raise FormatError("signature does not verify")
+    return data, manifest
+
+
+def _record(
+    catalog: SqlCatalog, manifest: PassManifest, key: str, sha256: str, now: datetime
+) -> None:
+    p = manifest.facts
+    catalog.upsert(
+        [
+            PassUpsert(
+                pass_id=manifest.pass_id,
+                source="rebuild",
+                completed_at=p.completed_at,
+                image_retention_days=p.image_retention_days,
+            )
+        ]
+    )
+    catalog.record(
+        OutcomeUpdate(
+            pass_id=manifest.pass_id,
+            outcome=Outcome.ARCHIVED,
+            reason="rebuilt from its manifest",
+            api_status=p.status,
+            completed_at=p.completed_at,
+            image_retention_days=p.image_retention_days,
+            deadline=p.images_deadline,
+            manifest_key=key,
+            manifest_sha256=sha256,
+            image_count=manifest.image_count,
+            image_bytes=manifest.image_bytes,
+            count_attempt=False,
+        ),
+        now,
+    )

@@ -25,16 +25,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
-
-from archiver.core import manifest as mf
-from archiver.core.layout import MANIFEST, Layout
-from archiver.core.runlog import validate_run_manifest
+from archiver.core.format import (
+    Layout,
+    ObjectEntry,
+    PassManifest,
+    RunManifest,
+    signature_key,
+)
 from archiver.core.signing import Verifier
-from archiver.errors import StoreError
+from archiver.errors import FormatError, StoreError
 from archiver.store import ObjectInfo, ObjectStore
-
-SIG = ".sig"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,7 @@ class ArchiveChecker:
     def _signed(self, key: str, data: bytes, declared_key_id: str | None) -> bool:
         """Check the detached signature of ``key``; record findings; True if good."""
         try:
-            sig = self.store.get(key + SIG)
+            sig = self.store.get(signature_key(key))
         except StoreError:
             self._find("unsigned", key, "the detached signature is missing")
             return False
@@ -133,7 +133,7 @@ class ArchiveChecker:
     def check_pass(self, pass_id: str, *, deep: bool) -> set[str]:
         """Verify one pass; returns the keys its manifest accounts for."""
         mkey = self.layout.manifest(pass_id)
-        accounted = {mkey, mkey + SIG}
+        accounted = {mkey, signature_key(mkey)}
         try:
             data = self.store.get(mkey)
         except StoreError:
@@ -141,29 +141,39 @@ class ArchiveChecker:
             return accounted
         self.report.passes_checked += 1
         try:
-            doc = mf.parse_manifest(data)
-        except mf.ManifestFormatError as exc:
-            self._find("invalid_manifest", mkey, str(exc), pass_id)
+            manifest = PassManifest.parse(data)
+        except FormatError as exc:
+            self._find("invalid_manifest", mkey, exc.message, pass_id)
             return accounted
-        if doc["pass_id"] != pass_id:
+        if manifest.pass_id != pass_id:
             self._find("invalid_manifest", mkey, "manifest names another pass", pass_id)
-        self._signed(mkey, data, doc["signing"]["key_id"])
-        sse = doc["encryption"]["sse"]
-        for entry in doc["objects"]:
-            accounted.add(entry["key"])
-            self._check_object(entry, sse, pass_id, deep=deep)
+        self._signed(mkey, data, manifest.signing_key_id)
+        for entry in manifest.objects:
+            accounted.add(entry.key)
+            self._check_object(entry, manifest.sse, pass_id, deep=deep)
         return accounted
 
-    def _check_object(self, entry: dict[str, Any], sse: str, pass_id: str, *, deep: bool) -> None:
-        key, version = entry["key"], entry["version_id"]
+    def _check_object(self, entry: ObjectEntry, sse: str, pass_id: str, *, deep: bool) -> None:
         self.report.objects_checked += 1
-        info = self.store.head(key, version_id=version)
+        info = self.store.head(entry.key, version_id=entry.version_id)
         if info is None:
-            self._find("missing", key, "the recorded object version does not exist", pass_id)
+            self._find("missing", entry.key, "the recorded object version does not exist", pass_id)
             return
-        if info.size != entry["size"]:
-            self._find("size_mismatch", key, f"size {info.size}, recorded {entry['size']}", pass_id)
-        if info.sha256 is not None and info.sha256 != entry["sha256"]:
+        self._check_stored(entry, info, sse, pass_id, deep=deep)
+        self._check_lock(entry, info, pass_id)
+        if entry.version_id is not None:
+            self._check_current(entry, pass_id)
+        if deep:
+            self._check_content(entry, pass_id)
+
+    def _check_stored(
+        self, entry: ObjectEntry, info: ObjectInfo, sse: str, pass_id: str, *, deep: bool
+    ) -> None:
+        """Size, stored checksum and encryption of the recorded version."""
+        key = entry.key
+        if info.size != entry.size:
+            self._find("size_mismatch", key, f"size {info.size}, recorded {entry.size}", pass_id)
+        if info.sha256 is not None and info.sha256 != entry.sha256:
             self._find("altered", key, "stored SHA-256 checksum differs from the manifest", pass_id)
         elif info.sha256 is None and not deep:
             self._find("no_checksum", key, "no stored checksum; use --deep to hash", pass_id)
@@ -171,58 +181,61 @@ class ArchiveChecker:
             self._find("unencrypted", key, "the recorded version is not encrypted", pass_id)
         elif info.encryption != sse:
             self._find("encryption_mismatch", key, f"{info.encryption}, recorded {sse}", pass_id)
-        if entry.get("retain_until") and (info.lock_mode is None or info.retain_until is None):
+
+    def _check_lock(self, entry: ObjectEntry, info: ObjectInfo, pass_id: str) -> None:
+        key = entry.key
+        if entry.retain_until and (info.lock_mode is None or info.retain_until is None):
             self._find("unlocked", key, "Object Lock retention recorded but not present", pass_id)
         elif self.require_lock and info.lock_mode is None:
             self._find(
                 "unlocked", key, "no Object Lock retention (the config requires it)", pass_id
             )
-        if version is not None:
-            latest = self.store.head(key)
-            if latest is None:
-                self._find(
-                    "deleted", key, "the current version is deleted (delete marker)", pass_id
-                )
-            elif latest.version_id != version:
-                detail = "a newer version was written over the recorded one"
-                if not latest.encryption:
-                    detail += " (unencrypted)"
-                    self._find("unencrypted", key, "the current version is not encrypted", pass_id)
-                self._find("replaced", key, detail, pass_id)
-        if deep:
-            try:
-                body = self.store.get(key, version_id=version)
-            except StoreError as exc:
-                self._find("unreadable", key, exc.message, pass_id)
-                return
-            self.report.bytes_hashed += len(body)
-            if hashlib.sha256(body).hexdigest() != entry["sha256"]:
-                self._find("altered", key, "content hash differs from the manifest", pass_id)
-            elif self.identities and entry.get("plaintext_sha256"):
-                self._check_plaintext(entry, body, pass_id)
 
-    def _check_plaintext(self, entry: dict[str, Any], body: bytes, pass_id: str) -> None:
+    def _check_current(self, entry: ObjectEntry, pass_id: str) -> None:
+        """The current version of the key is still the recorded one."""
+        key = entry.key
+        latest = self.store.head(key)
+        if latest is None:
+            self._find("deleted", key, "the current version is deleted (delete marker)", pass_id)
+        elif latest.version_id != entry.version_id:
+            detail = "a newer version was written over the recorded one"
+            if not latest.encryption:
+                detail += " (unencrypted)"
+                self._find("unencrypted", key, "the current version is not encrypted", pass_id)
+            self._find("replaced", key, detail, pass_id)
+
+    def _check_content(self, entry: ObjectEntry, pass_id: str) -> None:
+        """Download the recorded version and hash it again."""
+        try:
+            body = self.store.get(entry.key, version_id=entry.version_id)
+        except StoreError as exc:
+            self._find("unreadable", entry.key, exc.message, pass_id)
+            return
+        self.report.bytes_hashed += len(body)
+        if hashlib.sha256(body).hexdigest() != entry.sha256:
+            self._find("altered", entry.key, "content hash differs from the manifest", pass_id)
+        elif self.identities and entry.age_encrypted:
+            self._check_plaintext(entry, body, pass_id)
+
+    def _check_plaintext(self, entry: ObjectEntry, body: bytes, pass_id: str) -> None:
         """Client-side encryption: decrypt with the auditor's identity and hash again."""
         import pyrage
 
         try:
             plain = pyrage.decrypt(body, self.identities)
         except Exception:
-            self._find("undecryptable", entry["key"], "no given identity opens it", pass_id)
+            self._find("undecryptable", entry.key, "no given identity opens it", pass_id)
             return
-        if hashlib.sha256(plain).hexdigest() != entry["plaintext_sha256"]:
-            self._find("altered", entry["key"], "decrypted content differs", pass_id)
+        if hashlib.sha256(plain).hexdigest() != entry.plaintext_sha256:
+            self._find("altered", entry.key, "decrypted content differs", pass_id)
 
     # -- whole archive ------------------------------------------------------------
 
     def pass_ids(self) -> tuple[list[str], list[ObjectInfo]]:
         """Pass ids that have a manifest, and every object under passes/."""
         objects = list(self.store.list(self.layout.passes_root()))
-        root = self.layout.passes_root()
-        ids = sorted(
-            {o.key[len(root) :].split("/", 1)[0] for o in objects if o.key.endswith("/" + MANIFEST)}
-        )
-        return ids, objects
+        found = (self.layout.manifest_pass_id(o.key) for o in objects)
+        return sorted({pid for pid in found if pid is not None}), objects
 
     def orphans(self, objects: list[ObjectInfo], accounted: set[str]) -> None:
         for o in objects:
@@ -235,47 +248,46 @@ class ArchiveChecker:
 
     def runs(
         self, *, since: datetime | None = None, run_id: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[RunManifest]:
         """Verify run manifests (signatures, schema) and the hash chains they form."""
-        objects = [o for o in self.store.list(self.layout.runs_root()) if o.key.endswith(".json")]
         by_sha: dict[str, str] = {}
-        docs: list[tuple[str, dict[str, Any]]] = []
-        for o in objects:
+        docs: list[tuple[str, RunManifest]] = []
+        for o in self.store.list(self.layout.runs_root()):
+            if not self.layout.is_run_manifest(o.key):
+                continue
             data = self.store.get(o.key)
             self.report.run_manifests_checked += 1
             try:
-                doc = orjson.loads(data)
-                validate_run_manifest(doc)
-            except (orjson.JSONDecodeError, mf.ManifestFormatError) as exc:
-                self._find("invalid_run_manifest", o.key, str(exc))
+                run = RunManifest.parse(data)
+            except FormatError as exc:
+                self._find("invalid_run_manifest", o.key, exc.message)
                 continue
-            self._signed(o.key, data, doc["signing"]["key_id"])
+            self._signed(o.key, data, run.signing_key_id)
             by_sha[hashlib.sha256(data).hexdigest()] = o.key
-            docs.append((o.key, doc))
+            docs.append((o.key, run))
+        self._check_chain(docs, by_sha)
+        return [
+            run
+            for _, run in docs
+            if (run_id is None or run.run_id == run_id)
+            and (since is None or run.started_at >= since)
+        ]
+
+    def _check_chain(self, docs: list[tuple[str, RunManifest]], by_sha: dict[str, str]) -> None:
         followers: dict[str, list[str]] = defaultdict(list)
-        for key, doc in docs:
-            prev = doc["previous"]
+        for key, run in docs:
+            prev = run.previous
             if prev is None:
                 continue
-            followers[prev["sha256"]].append(key)
-            if prev["sha256"] not in by_sha:
-                present = any(k == prev["key"] for k in by_sha.values())
+            followers[prev.sha256].append(key)
+            if prev.sha256 not in by_sha:
+                present = any(k == prev.key for k in by_sha.values())
                 kind = "chain_altered" if present else "chain_broken"
                 what = "was altered" if present else "is missing"
-                self._find(kind, prev["key"], f"run manifest {what}; {key} links to it")
+                self._find(kind, prev.key, f"run manifest {what}; {key} links to it")
         for sha, keys in followers.items():
             if len(keys) > 1:
                 self._find("chain_fork", by_sha.get(sha, sha), f"followed by {len(keys)} runs")
-        chosen = [
-            doc
-            for _, doc in docs
-            if (run_id is None or doc["run_id"] == run_id)
-            and (
-                since is None
-                or datetime.fromisoformat(doc["started_at"].replace("Z", "+00:00")) >= since
-            )
-        ]
-        return chosen
 
 
 def sample(ids: list[str], percent: float | None, seed: int | None) -> list[str]:
@@ -303,7 +315,7 @@ def run_verify(
         runs = v.runs(since=scope.since, run_id=scope.run_id)
         if scope.run_id is not None and not runs:
             v._find("missing", scope.run_id, "no run manifest has this run id")
-        ids = sorted({p["pass_id"] for doc in runs for p in doc["passes"]})
+        ids = sorted({p.pass_id for run in runs for p in run.passes})
         for pid in sample(ids, scope.sample_percent, scope.seed):
             v.check_pass(pid, deep=scope.deep)
         return v.report
@@ -322,9 +334,9 @@ def run_verify(
 
 def _listed_keys(store: ObjectStore, layout: Layout, pass_id: str) -> set[str]:
     mkey = layout.manifest(pass_id)
-    keys = {mkey, mkey + SIG}
+    keys = {mkey, signature_key(mkey)}
     try:
-        doc = mf.parse_manifest(store.get(mkey))
-    except (StoreError, mf.ManifestFormatError):
+        manifest = PassManifest.parse(store.get(mkey))
+    except (StoreError, FormatError):
         return keys
-    return keys | {o["key"] for o in doc["objects"]}
+    return keys | manifest.keys()

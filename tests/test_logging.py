@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 import orjson
 import structlog
 
-from archiver.core.layout import Layout
+from archiver.core.format import Layout
 from archiver.logging import _BLOB, REDACTED, configure
 from archiver.pipeline import new_run_id
 

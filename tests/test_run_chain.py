@@ -14,8 +14,8 @@ import pytest
 from archiver import config as config_mod
 from archiver.app import Runtime, chain_id, open_catalog, write_run_manifest
 from archiver.clock import ManualClock
+from archiver.core.format import Layout
 from archiver.core.images import sha256_hex
-from archiver.core.layout import Layout
 from archiver.core.signing import Signer
 from archiver.results import RunSummary
 from archiver.store.memory import MemoryStore

@@ -4,75 +4,25 @@ Format (version 1, published as ``config/schemas/pass-manifest.v1.schema.json``)
 canonical JSON (UTF-8, keys sorted, no insignificant whitespace, integers only, no
 floats), so the same content always gives the same bytes and the same SHA-256. It
 holds ids, hashes, sizes, slot names, timestamps and settings: never personal data.
-A manifest whose ``manifest_version`` is unknown is rejected on read.
+The reader is :meth:`archiver.core.format.PassManifest.parse`.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
-from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from archiver.clock import isoformat
+from archiver.core.format import (
+    MANIFEST_KIND,
+    MANIFEST_SCHEMA,
+    MANIFEST_VERSION,
+    ObjectEntry,
+    validate_against,
+)
 from archiver.core.images import sha256_hex
-
-if TYPE_CHECKING:
-    import jsonschema
-
-MANIFEST_VERSION = 1
-KIND = "idpass-archiver/pass-manifest"
-SCHEMA_FILE = "pass-manifest.v1.schema.json"
-
-
-class ManifestFormatError(ValueError):
-    """Bytes that are not a manifest this version of the archiver understands."""
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectEntry:
-    role: str  # "image" | "record" | "checksums"
-    key: str
-    size: int
-    sha256: str
-    content_type: str
-    version_id: str | None
-    slot: str | None = None
-    width: int | None = None
-    height: int | None = None
-    retain_until: datetime | None = None
-    lock_mode: str | None = None
-    payload: str | None = None  # "aes-256-gcm" in passthrough mode
-    plaintext_sha256: str | None = None  # with client-side (age) encryption
-    plaintext_size: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "role": self.role,
-            "key": self.key,
-            "size": self.size,
-            "sha256": self.sha256,
-            "content_type": self.content_type,
-            "version_id": self.version_id,
-        }
-        if self.slot is not None:
-            out["slot"] = self.slot
-        if self.payload is not None:
-            out["payload"] = self.payload
-        if self.plaintext_sha256 is not None and self.plaintext_size is not None:
-            out["plaintext_sha256"] = self.plaintext_sha256
-            out["plaintext_size"] = self.plaintext_size
-        if self.width is not None and self.height is not None:
-            out["width"] = self.width
-            out["height"] = self.height
-        if self.retain_until is not None and self.lock_mode is not None:
-            out["retain_until"] = isoformat(self.retain_until)
-            out["lock_mode"] = self.lock_mode
-        return out
 
 
 def canonical_json(doc: Any) -> bytes:
@@ -118,7 +68,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
-        "kind": KIND,
+        "kind": MANIFEST_KIND,
         "pass_id": pass_id,
         "run_id": run_id,
         "archived_at": isoformat(archived_at),
@@ -154,56 +104,10 @@ def sha256sums(entries: list[tuple[str, str]]) -> bytes:
     return "".join(lines).encode("ascii")
 
 
-@cache
-def load_schema(name: str) -> dict[str, Any]:
-    text = resources.files("archiver.schemas").joinpath(name).read_text("utf-8")
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
-
-
-def schema() -> dict[str, Any]:
-    return load_schema(SCHEMA_FILE)
-
-
-@cache
-def _validator(schema_file: str) -> jsonschema.Draft202012Validator:
-    """One validator per schema (building it costs more than validating a manifest).
-    jsonschema (about 27 ms to import) is imported here, on first use: commands that
-    validate nothing (status, report, enqueue, ...) never load it."""
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(load_schema(schema_file))
-
-
-def validate_against(schema_file: str, doc: Any, version_field: str, version: int) -> None:
-    """Raise :class:`ManifestFormatError` unless ``doc`` is valid against the schema."""
-    found = doc.get(version_field) if isinstance(doc, dict) else None
-    if found != version:
-        raise ManifestFormatError(f"unknown {version_field} {found!r}")
-    errors = sorted(_validator(schema_file).iter_errors(doc), key=lambda e: list(e.path))
-    if errors:
-        first = errors[0]
-        where = "/".join(str(p) for p in first.absolute_path) or "(root)"
-        raise ManifestFormatError(
-            f"document does not match the schema at {where}: {first.validator} check failed"
-        )
-
-
 def validate(doc: dict[str, Any]) -> None:
-    """Raise :class:`ManifestFormatError` unless ``doc`` is a valid version-1 manifest."""
-    validate_against(SCHEMA_FILE, doc, "manifest_version", MANIFEST_VERSION)
-
-
-def parse_manifest(data: bytes) -> dict[str, Any]:
-    """Bytes → validated manifest dict. Rejects unknown versions."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise ManifestFormatError("manifest is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise ManifestFormatError("manifest is not a JSON object")
-    validate(doc)
-    return doc
+    """Raise :class:`~archiver.errors.FormatError` unless ``doc`` is a valid version-1
+    manifest."""
+    validate_against(MANIFEST_SCHEMA, doc, "manifest_version", MANIFEST_VERSION)
 
 
 def manifest_bytes(doc: dict[str, Any], *, check: bool = True) -> tuple[bytes, str]:

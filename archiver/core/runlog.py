@@ -14,13 +14,15 @@ from typing import Any
 
 from archiver.catalog import Outcome
 from archiver.clock import isoformat
+from archiver.core.format import (
+    RUN_MANIFEST_KIND,
+    RUN_MANIFEST_SCHEMA,
+    RUN_MANIFEST_VERSION,
+    validate_against,
+)
 from archiver.core.images import sha256_hex
-from archiver.core.manifest import canonical_json, validate_against
+from archiver.core.manifest import canonical_json
 from archiver.results import RunSummary
-
-RUN_MANIFEST_VERSION = 1
-KIND = "idpass-archiver/run-manifest"
-SCHEMA_FILE = "run-manifest.v1.schema.json"
 
 
 def build_run_manifest(
@@ -43,7 +45,7 @@ def build_run_manifest(
     ]
     return {
         "run_manifest_version": RUN_MANIFEST_VERSION,
-        "kind": KIND,
+        "kind": RUN_MANIFEST_KIND,
         "run_id": summary.run_id,
         "chain_id": chain_id,
         "worker_id": summary.worker_id,
@@ -77,8 +79,9 @@ def build_run_manifest(
 
 
 def validate_run_manifest(doc: Any) -> None:
-    """Raise ManifestError unless ``doc`` is a run manifest of the published schema."""
-    validate_against(SCHEMA_FILE, doc, "run_manifest_version", RUN_MANIFEST_VERSION)
+    """Raise :class:`~archiver.errors.FormatError` unless ``doc`` is a run manifest of
+    the published schema. The reader is :meth:`archiver.core.format.RunManifest.parse`."""
+    validate_against(RUN_MANIFEST_SCHEMA, doc, "run_manifest_version", RUN_MANIFEST_VERSION)
 
 
 def run_manifest_bytes(doc: dict[str, Any], *, check: bool = True) -> tuple[bytes, str]:

@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from archiver.errors import SigningKeyError
+
+__all__ = ["SIGNATURE_BYTES", "Signer", "SigningKeyError", "Verifier", "key_id"]
+
 SIGNATURE_BYTES = 64
-
-
-class SigningKeyError(ValueError):
-    """A key that cannot be used for Ed25519 signing or verification."""
 
 
 def key_id(public: Ed25519PublicKey) -> str:

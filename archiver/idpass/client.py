@@ -39,7 +39,7 @@ from archiver.idpass.models import (
     is_envelope,
     unwrap,
 )
-from archiver.idpass.transport import Urllib3Transport
+from archiver.idpass.transport import BODY_SLOT, BodySlot, Urllib3Transport
 
 USER_AGENT = "idpass-archiver"
 
@@ -146,10 +146,17 @@ class IdPassClient:
         return (await self._post_sized(path, body, pass_id))[0]
 
     async def _post_sized(
-        self, path: str, body: dict[str, Any], pass_id: str | None
+        self,
+        path: str,
+        body: dict[str, Any],
+        pass_id: str | None,
+        body_slot: BodySlot | None = None,
     ) -> tuple[Any, int]:
+        extensions = {BODY_SLOT: body_slot} if body_slot is not None else None
         try:
-            response = await self._http.post(path, content=orjson.dumps(body))
+            response = await self._http.post(
+                path, content=orjson.dumps(body), extensions=extensions
+            )
         except httpx.TimeoutException as exc:
             raise ApiTransportError(
                 f"{path}: timed out ({type(exc).__name__})", pass_id=pass_id
@@ -209,8 +216,10 @@ class IdPassClient:
         documents: bool = False,
         logs: bool = False,
         decrypt_locally_with: str | None = None,
+        body_slot: BodySlot | None = None,
     ) -> PassRead:
-        """Read a pass. With ``decrypt_locally_with``, the key never leaves this process."""
+        """Read a pass. With ``decrypt_locally_with``, the key never leaves this process.
+        With ``body_slot``, the transport takes it before it reads the response body."""
         body: dict[str, Any] = {
             "id": pass_id,
             "return_images": images,
@@ -219,7 +228,7 @@ class IdPassClient:
         }
         if cipher_key is not None:
             body["cipher_key"] = cipher_key
-        doc, size = await self._post_sized("/idpass/details", body, pass_id)
+        doc, size = await self._post_sized("/idpass/details", body, pass_id, body_slot)
         read = parse_details(doc, pass_id, decrypt_locally_with=decrypt_locally_with)
         return dataclasses.replace(read, response_bytes=size)
 

@@ -22,8 +22,8 @@ raise, so :mod:`archiver.idpass.client` maps them unchanged. No retries and no
 redirects here: retrying is :mod:`archiver.retry`'s job.
 
 A details request spends most of its time waiting for the API's answer, and that
-wait holds no memory; the body does. When the calling task has set a
-:class:`BodySlot` in :data:`body_slot`, the transport reads the response headers,
+wait holds no memory; the body does. When the request carries a :class:`BodySlot`
+in its ``extensions`` under :data:`BODY_SLOT`, the transport reads the response headers,
 waits for the slot, and only then reads the body (meanwhile the kernel's socket
 buffers and TCP flow control hold the rest). So more requests can be in flight than
 bodies held: the pipeline sends ``api.concurrency`` requests and holds at most
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import ssl
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,10 +69,8 @@ class BodySlot:
             self._slots.release()
 
 
-# Set by the task that sends a request (the pipeline, per pass); read by the transport.
-body_slot: contextvars.ContextVar[BodySlot | None] = contextvars.ContextVar(
-    "archiver_body_slot", default=None
-)
+#: The httpx request extension that carries a request's :class:`BodySlot`.
+BODY_SLOT = "archiver.body_slot"
 
 
 class Urllib3Transport(httpx.AsyncBaseTransport):
@@ -110,7 +107,9 @@ class Urllib3Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
-        slot = body_slot.get()
+        slot = request.extensions.get(BODY_SLOT)
+        if not isinstance(slot, BodySlot):
+            slot = None
         loop = asyncio.get_running_loop()
         # A connection is taken here, before a thread is: a thread never waits for a
         # connection that is held by a response waiting for its body slot.

@@ -5,7 +5,15 @@ import orjson
 import pytest
 
 from archiver.core import manifest as mf
-from archiver.core.layout import Layout
+from archiver.core.format import (
+    MANIFEST_SCHEMA,
+    RUN_MANIFEST_SCHEMA,
+    Layout,
+    ObjectEntry,
+    PassManifest,
+    load_schema,
+)
+from archiver.errors import ArchiverError, FormatError
 
 T = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
 PID = "0b6f3c9e-6a55-4a43-9d8f-2f0a8f7e3c11"
@@ -14,7 +22,7 @@ PID = "0b6f3c9e-6a55-4a43-9d8f-2f0a8f7e3c11"
 def _objects():
     lay = Layout("archive")
     return [
-        mf.ObjectEntry(
+        ObjectEntry(
             "image",
             lay.image(PID, "probe"),
             10,
@@ -25,8 +33,8 @@ def _objects():
             width=4,
             height=3,
         ),
-        mf.ObjectEntry("record", lay.record(PID), 5, "b" * 64, "application/json", None),
-        mf.ObjectEntry("checksums", lay.sums(PID), 7, "c" * 64, "text/plain", None),
+        ObjectEntry("record", lay.record(PID), 5, "b" * 64, "application/json", None),
+        ObjectEntry("checksums", lay.sums(PID), 7, "c" * 64, "text/plain", None),
     ]
 
 
@@ -71,10 +79,12 @@ def test_manifest_bytes_validate_and_hash():
     """A built manifest validates against the schema and hashes its exact bytes."""
     data, digest = mf.manifest_bytes(_doc())
     assert digest == hashlib.sha256(data).hexdigest()
-    doc = mf.parse_manifest(data)
-    assert doc["image_count"] == 1 and doc["image_bytes"] == 10
-    assert doc["archived_at"] == "2026-05-04T03:02:01Z"
-    assert [o["role"] for o in doc["objects"]] == ["checksums", "image", "record"]
+    manifest = PassManifest.parse(data)
+    assert manifest.image_count == 1 and manifest.image_bytes == 10
+    assert orjson.loads(data)["archived_at"] == "2026-05-04T03:02:01Z"
+    assert manifest.archived_at == datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
+    assert [o.role for o in manifest.objects] == ["checksums", "image", "record"]
+    assert manifest.pass_id == PID and manifest.signing_key_id == "0123456789abcdef"
 
 
 def test_same_content_gives_same_bytes_regardless_of_object_order():
@@ -88,15 +98,16 @@ def test_unknown_version_is_rejected_on_read():
     """A manifest of an unknown version is refused, not half-read."""
     doc = _doc()
     doc["manifest_version"] = 2
-    with pytest.raises(mf.ManifestFormatError, match="manifest_version"):
-        mf.parse_manifest(orjson.dumps(doc))
+    with pytest.raises(FormatError, match="manifest_version 2") as caught:
+        PassManifest.parse(orjson.dumps(doc))
+    assert isinstance(caught.value, ArchiverError) and not caught.value.retryable
 
 
 def test_schema_violation_names_the_place():
     """A manifest that breaks the schema says where."""
     doc = _doc()
     doc["objects"][0]["sha256"] = "xyz"
-    with pytest.raises(mf.ManifestFormatError, match="objects/0/sha256"):
+    with pytest.raises(FormatError, match="objects/0/sha256"):
         mf.validate(doc)
 
 
@@ -110,8 +121,9 @@ def test_published_schema_is_the_packaged_one():
     """config/schemas holds exactly the schema the archiver validates with."""
     from pathlib import Path
 
-    published = Path(__file__).parents[2] / "config" / "schemas" / mf.SCHEMA_FILE
-    assert orjson.loads(published.read_bytes()) == mf.schema()
+    for name in (MANIFEST_SCHEMA, RUN_MANIFEST_SCHEMA):
+        published = Path(__file__).parents[2] / "config" / "schemas" / name
+        assert orjson.loads(published.read_bytes()) == load_schema(name)
 
 
 def test_layout_keys_hold_only_ids_and_slots():

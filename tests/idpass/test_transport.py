@@ -18,7 +18,7 @@ import pytest
 from archiver.core.images import decode_base64
 from archiver.errors import ApiMalformedResponse, ApiServerError, ApiTransportError
 from archiver.idpass.client import IdPassClient, load_json
-from archiver.idpass.transport import BodySlot, body_slot
+from archiver.idpass.transport import BodySlot
 from tests.helpers import make_jpeg
 
 PID = "0b6f3c9e-6a55-4a43-9d8f-2f0a8f7e3c11"
@@ -203,15 +203,16 @@ async def test_http_errors_and_non_json_over_a_real_socket(server):
 # -- body slots: more requests in flight than bodies held ---------------------------
 
 
-def _with_slot(slots: asyncio.Semaphore, call: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
-    """``call()`` in a task of its own that holds a :class:`BodySlot` on ``slots``,
+def _with_slot(
+    slots: asyncio.Semaphore, call: Callable[[BodySlot], Awaitable[T]]
+) -> asyncio.Task[T]:
+    """``call(slot)`` in a task of its own with a :class:`BodySlot` on ``slots``,
     released when the call returns (as the pipeline does once a pass is decoded)."""
 
     async def run() -> T:
         slot = BodySlot(slots)
-        body_slot.set(slot)
         try:
-            return await call()
+            return await call(slot)
         finally:
             slot.release()
 
@@ -228,7 +229,7 @@ async def test_a_body_is_read_only_once_a_body_slot_is_free(server):
     slots = asyncio.Semaphore(1)
     async with IdPassClient(server(handler), "tok") as api:
         await slots.acquire()  # another pass holds the only slot
-        task = _with_slot(slots, lambda: api.details(PID))
+        task = _with_slot(slots, lambda slot: api.details(PID, body_slot=slot))
         assert await asyncio.to_thread(answered.wait, 5)
         await asyncio.sleep(0.3)
         assert not task.done()  # the answer is there; its body waits for the slot
@@ -246,10 +247,9 @@ async def test_an_error_answer_gives_its_body_slot_back(server):
 
     slots = asyncio.Semaphore(1)
     slot = BodySlot(slots)
-    body_slot.set(slot)
     async with IdPassClient(server(handler), "tok") as api:
         with pytest.raises(ApiServerError):
-            await api.details(PID)
+            await api.details(PID, body_slot=slot)
     assert not slot.held
     assert not slots.locked()
 
@@ -263,7 +263,7 @@ async def test_more_requests_than_connections_and_slots_all_finish(server):
 
     slots = asyncio.Semaphore(1)
     async with IdPassClient(server(handler), "tok", max_connections=2) as api:
-        tasks = [_with_slot(slots, lambda: api.details(PID)) for _ in range(8)]
+        tasks = [_with_slot(slots, lambda slot: api.details(PID, body_slot=slot)) for _ in range(8)]
         reads = await asyncio.wait_for(asyncio.gather(*tasks), 20)
     assert [r.details.id for r in reads] == [PID] * 8
 
@@ -280,7 +280,7 @@ async def test_cancelled_while_waiting_for_a_slot_frees_the_connection(server):
     slots = asyncio.Semaphore(1)
     async with IdPassClient(server(handler), "tok", max_connections=1) as api:
         await slots.acquire()
-        waiting = _with_slot(slots, lambda: api.details(PID))
+        waiting = _with_slot(slots, lambda slot: api.details(PID, body_slot=slot))
         assert await asyncio.to_thread(answered.wait, 5)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -288,7 +288,9 @@ async def test_cancelled_while_waiting_for_a_slot_frees_the_connection(server):
         slots.release()
         # the only connection: its unread body was dropped with it, so the next
         # request gets a clean connection instead of waiting forever for one
-        read = await asyncio.wait_for(_with_slot(slots, lambda: api.details(PID)), 5)
+        read = await asyncio.wait_for(
+            _with_slot(slots, lambda slot: api.details(PID, body_slot=slot)), 5
+        )
     assert read.details.id == PID
     assert len(served) == 2
 

@@ -25,7 +25,7 @@ from archiver.catalog import Outcome, PassUpsert
 from archiver.catalog.keys import KeySealer, new_catalog_secret
 from archiver.catalog.sql import SqlCatalog
 from archiver.clock import SystemClock, isoformat
-from archiver.core.layout import Layout
+from archiver.core.format import Layout
 from archiver.idpass.client import IdPassClient
 from archiver.pipeline import Pipeline, PipelineOptions
 from archiver.results import EXIT_SYSTEMIC
@@ -284,3 +284,56 @@ def test_bad_source_lines(tmp_path):
         (2, "id is not a UUID"),
         (3, "duplicate id (first occurrence kept)"),
     ]
+
+
+def _bomb_jpeg(jpeg: bytes) -> bytes:
+    """A real JPEG whose frame header declares 65535 x 65535 pixels: Pillow refuses
+    to open it (DecompressionBombError), an exception no check of ours expects."""
+    at = jpeg.index(b"\xff\xc0")  # SOF0: length (2), precision (1), height, width
+    return jpeg[: at + 5] + b"\xff\xff\xff\xff" + jpeg[at + 9 :]
+
+
+def test_an_unexpected_error_is_retried_only_while_attempts_last(base_doc, tmp_path):
+    """A bug met on one pass (here Pillow's DecompressionBombError) is retried like
+    any retryable error, then ends ``failed`` once ``max_attempts`` are spent: it is
+    not re-downloaded every run until the window closes."""
+    bomb = base64.b64encode(_bomb_jpeg(base64.b64decode(base_doc["images"]["probe"])))
+    pid = str(uuid.uuid4())
+    doc = copy.deepcopy(base_doc)
+    doc.update(id=pid, images={"probe": bomb.decode()})
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(200, json=doc)
+
+    catalog = SqlCatalog(f"sqlite:///{tmp_path / 'c.db'}")
+    catalog.upsert([PassUpsert(pid, "test")])
+    store = MemoryStore(kms_key_id="k")
+
+    async def once():
+        with ThreadPoolExecutor(2) as pool:
+            async with IdPassClient(
+                "http://api.test", "t", transport=httpx.MockTransport(handler)
+            ) as api:
+                return await Pipeline(
+                    api=api,
+                    store=store,
+                    catalog=catalog,
+                    layout=Layout("t"),
+                    options=PipelineOptions(kms_key_id="k", max_attempts=3),
+                    clock=SystemClock(),
+                    executor=pool,
+                    signer=TEST_SIGNER,
+                ).run(pass_ids=[pid])
+
+    outcomes = []
+    for _ in range(4):
+        [result] = asyncio.run(once()).results
+        outcomes.append(result.outcome)
+    assert outcomes[:3] == [Outcome.RETRY, Outcome.RETRY, Outcome.FAILED]
+    assert "internal_error: DecompressionBombError" in result.reason
+    assert "attempts exhausted (3)" in catalog.get(pid).last_reason
+    assert catalog.get(pid).state is Outcome.FAILED
+    assert not list(store.list("t/passes/"))
+    catalog.close()

@@ -15,6 +15,7 @@ from archiver.idpass.models import SLOTS
 from archiver.idpass.transport import BodySlot, Urllib3Transport
 from archiver.results import EXIT_EXPIRED, EXIT_INCOMPLETE, EXIT_OK
 from archiver.sandbox.state import DEFAULT_SLOTS as SANDBOX_DEFAULT_SLOTS
+from tests.helpers import manifest_doc
 
 DEFAULT_SLOTS = list(SANDBOX_DEFAULT_SLOTS["complete"])
 
@@ -31,7 +32,7 @@ def test_archives_images_record_sums_and_manifest(harness):
     assert _outcomes(summary) == {p["id"]: Outcome.ARCHIVED}
     assert summary.exit_code == EXIT_OK
     lay, store = harness.layout, harness.store
-    doc = mf.parse_manifest(store.get(lay.manifest(p["id"])))
+    doc = manifest_doc(store.get(lay.manifest(p["id"])))
     images = {o["slot"]: o for o in doc["objects"] if o["role"] == "image"}
     assert sorted(images) == sorted(DEFAULT_SLOTS)
     for slot, entry in images.items():
@@ -177,7 +178,7 @@ def test_absent_slots_are_recorded_missing_not_errors(harness):
     harness.import_ledger()
     summary = harness.run()
     assert _outcomes(summary)[p["id"]] is Outcome.ARCHIVED
-    doc = mf.parse_manifest(harness.store.get(harness.layout.manifest(p["id"])))
+    doc = manifest_doc(harness.store.get(harness.layout.manifest(p["id"])))
     assert doc["image_count"] == 2
     assert "document_1_front" in doc["missing_slots"] and "probe" not in doc["missing_slots"]
 
@@ -288,7 +289,7 @@ def test_local_decryption_archives_the_same_bytes(harness):
     harness.options = dataclasses.replace(harness.options, decryption="local")
     summary = harness.run()
     assert _outcomes(summary)[pid] is Outcome.ARCHIVED
-    doc = mf.parse_manifest(harness.store.get(harness.layout.manifest(pid)))
+    doc = manifest_doc(harness.store.get(harness.layout.manifest(pid)))
     assert doc["source"]["decryption"] == "local"
     for o in doc["objects"]:
         if o["role"] == "image":
@@ -310,7 +311,7 @@ def test_passthrough_archives_the_ciphertext_as_received(harness):
     harness.options = dataclasses.replace(harness.options, decryption="passthrough")
     [result] = harness.run().results
     assert result.outcome is Outcome.ARCHIVED, result.reason
-    doc = mf.parse_manifest(harness.store.get(harness.layout.manifest(p["id"])))
+    doc = manifest_doc(harness.store.get(harness.layout.manifest(p["id"])))
     assert doc["source"]["decryption"] == "passthrough"
     images = [o for o in doc["objects"] if o["role"] == "image"]
     assert {o["slot"] for o in images} == {"probe", "id_photo"}

@@ -1,0 +1,315 @@
+"""The commit protocol of one pass: its objects, then its manifest, last.
+
+1. every object of the plan is put (a conditional create), with ``SHA256SUMS`` in
+   the same round trip: it lists the hashes known before any put;
+2. where an earlier, interrupted attempt left other bytes at a key the plan marks
+   adoptable (a record, an age ciphertext), that object is kept and listed as it
+   is, and ``SHA256SUMS`` is rewritten as a new version to list what is stored;
+3. the manifest is built from what the store reported, signed, and the signature
+   put before the manifest: ``manifest.json`` is the commit marker, written last.
+
+A crash anywhere before step 3 leaves no manifest: the pass is not archived, and a
+rerun finds its objects (same bytes: reused; adoptable: adopted). When another
+worker commits the pass first, its manifest stands and is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pyrage
+import structlog
+
+from archiver import __version__
+from archiver.catalog import Outcome
+from archiver.clock import Clock
+from archiver.core import manifest as mf
+from archiver.core.format import (
+    JSON_TYPE,
+    OCTET_TYPE,
+    SUMS_TYPE,
+    Layout,
+    ObjectEntry,
+    PassFacts,
+    PassManifest,
+    signature_key,
+)
+from archiver.core.images import sha256_hex
+from archiver.core.signing import Signer
+from archiver.errors import ArchiverError, ObjectConflict
+from archiver.pipeline.options import PipelineOptions
+from archiver.pipeline.plan import ObjectSpec
+from archiver.results import PassResult
+from archiver.store import ObjectLock, ObjectStore, PutResult
+
+log = structlog.get_logger("archiver.pipeline")
+
+#: Runs ``fn(*args)`` off the event loop and returns its result.
+Offload = Callable[..., Awaitable[Any]]
+
+
+class Committer:
+    """Stores a pass's planned objects and commits them with its signed manifest."""
+
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        layout: Layout,
+        signer: Signer,
+        options: PipelineOptions,
+        clock: Clock,
+        offload: Offload,
+        age_recipients: Sequence[Any] = (),
+        put_slots: asyncio.Semaphore | None = None,
+    ) -> None:
+        self.store = store
+        self.layout = layout
+        self.signer = signer
+        self.opt = options
+        self.clock = clock
+        self._io = offload
+        self.age_recipients = list(age_recipients)
+        self._put_slots = put_slots or asyncio.Semaphore(options.max_puts)
+
+    async def existing(self, pass_id: str) -> PassResult | None:
+        """The pass's outcome if its manifest is stored already, else None."""
+        key = self.layout.manifest(pass_id)
+        info = await self._io(self.store.head, key)
+        if info is None:
+            return None
+        data: bytes = await self._io(self.store.get, key)
+        manifest = PassManifest.parse(data)
+        return PassResult(
+            pass_id,
+            Outcome.ARCHIVED,
+            "manifest already present",
+            images=manifest.image_count,
+            image_bytes=manifest.image_bytes,
+            manifest_key=key,
+            manifest_sha256=sha256_hex(data),
+            already_archived=True,
+        )
+
+    async def commit(
+        self,
+        pass_id: str,
+        *,
+        run_id: str,
+        facts: PassFacts,
+        specs: list[ObjectSpec],
+        missing_slots: list[str],
+    ) -> PassResult:
+        """Put the objects, then the signature, then the manifest."""
+        bodies = await self._bodies(specs)
+        stored, sums = await self._put_objects(pass_id, specs, bodies)
+        entries = [_entry(spec, put) for spec, put in zip(specs, stored, strict=True)]
+        entries.append(_plain_entry("checksums", sums, SUMS_TYPE))
+        doc = mf.build_manifest(
+            pass_id=pass_id,
+            run_id=run_id,
+            archived_at=self.clock.now(),
+            archiver_version=__version__,
+            status=facts.status,
+            verification_status=facts.verification_status,
+            created_at=facts.created_at,
+            completed_at=facts.completed_at,
+            image_retention_days=facts.image_retention_days,
+            images_deadline=facts.images_deadline,
+            objects=entries,
+            missing_slots=missing_slots,
+            decryption=self.opt.decryption,
+            sse=self.opt.sse,
+            kms_key_id=self.opt.kms_key_id,
+            signing_key_id=self.signer.key_id,
+            age_recipients=[str(r) for r in self.age_recipients],
+        )
+        data, digest = mf.manifest_bytes(doc, check=False)
+        earlier = await self._publish(pass_id, data, digest)
+        if earlier is not None:
+            return earlier
+        puts = [*stored, sums]
+        images = [s for s in specs if s.role == "image"]
+        return PassResult(
+            pass_id,
+            Outcome.ARCHIVED,
+            None,
+            images=len(images),
+            image_bytes=sum(s.size for s in images),
+            objects_written=sum(1 for r in puts if not r.reused) + 2,
+            objects_reused=sum(1 for r in puts if r.reused),
+            manifest_key=self.layout.manifest(pass_id),
+            manifest_sha256=digest,
+        )
+
+    # -- objects --------------------------------------------------------------------
+
+    async def _bodies(self, specs: list[ObjectSpec]) -> list[bytes]:
+        """What is stored for each spec: its data, or that encrypted to age."""
+
+        async def one(spec: ObjectSpec) -> bytes:
+            if not spec.encrypt:
+                return spec.data
+            body: bytes = await self._io(pyrage.encrypt, spec.data, self.age_recipients)
+            return body
+
+        return list(await asyncio.gather(*(one(s) for s in specs)))
+
+    async def _put_objects(
+        self, pass_id: str, specs: list[ObjectSpec], bodies: list[bytes]
+    ) -> tuple[list[PutResult], PutResult]:
+        """Put the objects and ``SHA256SUMS`` together; rewrite ``SHA256SUMS`` if an
+        adopted object makes it differ from what is stored."""
+        hashes = [
+            sha256_hex(b) if s.encrypt else s.sha256 for s, b in zip(specs, bodies, strict=True)
+        ]
+        sums = self._sums([s.key for s in specs], hashes, pass_id)
+        puts = [
+            self._put(pass_id, s.key, b, h, s.content_type, adopt=s.adopt)
+            for s, b, h in zip(specs, bodies, hashes, strict=True)
+        ]
+        puts.append(
+            self._put(
+                pass_id, self.layout.sums(pass_id), sums, sha256_hex(sums), SUMS_TYPE, adopt=True
+            )
+        )
+        *stored, sums_put = await _all(puts)
+        actual = self._sums([r.key for r in stored], [r.sha256 for r in stored], pass_id)
+        if sums_put.sha256 != sha256_hex(actual):
+            sums_put = await self._put(
+                pass_id,
+                self.layout.sums(pass_id),
+                actual,
+                sha256_hex(actual),
+                SUMS_TYPE,
+                overwrite=True,
+            )
+        return stored, sums_put
+
+    def _sums(self, keys: list[str], hashes: list[str], pass_id: str) -> bytes:
+        rel = [self.layout.relative(pass_id, k) for k in keys]
+        return mf.sha256sums(list(zip(rel, hashes, strict=True)))
+
+    # -- the commit marker ----------------------------------------------------------
+
+    async def _publish(self, pass_id: str, data: bytes, digest: str) -> PassResult | None:
+        """Put the signature, then the manifest. Returns the earlier commit's outcome
+        when another worker committed the pass first, else None."""
+        mkey = self.layout.manifest(pass_id)
+        signature = self.signer.sign(data)
+        sig_key, sig_sha = signature_key(mkey), sha256_hex(signature)
+        try:
+            await self._put(pass_id, sig_key, signature, sig_sha, OCTET_TYPE)
+        except ObjectConflict:
+            existing = await self.existing(pass_id)
+            if existing is not None:
+                log.warning("manifest_committed_by_another_worker", key=mkey)
+                return existing
+            # A signature left by an attempt that never committed its manifest: the
+            # manifest is not written yet, so a new signature version replaces it.
+            await self._put(pass_id, sig_key, signature, sig_sha, OCTET_TYPE, overwrite=True)
+        try:
+            await self._put(pass_id, mkey, data, digest, JSON_TYPE)
+        except ObjectConflict:
+            # Another worker committed this pass meanwhile (its lease outlived ours):
+            # its manifest stands; ours, with other timestamps, is not written.
+            existing = await self.existing(pass_id)
+            if existing is None:
+                raise
+            log.warning("manifest_committed_by_another_worker", key=mkey)
+            return existing
+        return None
+
+    # -- one put --------------------------------------------------------------------
+
+    def _lock(self) -> ObjectLock | None:
+        if self.opt.lock_mode is None:
+            return None
+        until = self.clock.now() + timedelta(days=self.opt.lock_retain_days)
+        return ObjectLock(self.opt.lock_mode, until)
+
+    async def _put(
+        self,
+        pass_id: str,
+        key: str,
+        data: bytes,
+        sha: str,
+        ctype: str,
+        *,
+        adopt: bool = False,
+        overwrite: bool = False,
+    ) -> PutResult:
+        try:
+            async with self._put_slots:
+                return await self.store.put_async(
+                    key,
+                    data,
+                    sha256=sha,
+                    content_type=ctype,
+                    lock=self._lock(),
+                    overwrite=overwrite,
+                    offload=self._io,
+                )
+        except ObjectConflict:
+            if not adopt:
+                raise
+        # An earlier, interrupted attempt stored a different but genuine object at
+        # this key and never wrote the manifest. Keep it and list it as it is.
+        info = await self._io(self.store.head, key)
+        if info is None or info.sha256 is None:
+            raise ObjectConflict(
+                "object changed while being adopted",
+                key=key,
+                existing_sha256=None,
+                new_sha256=sha,
+                pass_id=pass_id,
+            )
+        log.warning("object_adopted", key=key)
+        return PutResult.existing(info, info.sha256)
+
+
+async def _all(puts: Sequence[Awaitable[PutResult]]) -> list[PutResult]:
+    """Await every put, even when one fails (none is left running unobserved), then
+    raise the first failure: a systemic one first, as it stops the run."""
+    results = await asyncio.gather(*puts, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        systemic = [f for f in failures if isinstance(f, ArchiverError) and f.systemic]
+        raise (systemic or failures)[0]
+    return [r for r in results if isinstance(r, PutResult)]
+
+
+def _entry(spec: ObjectSpec, put: PutResult) -> ObjectEntry:
+    """The manifest entry of a planned object, from what the store reported."""
+    return ObjectEntry(
+        role=spec.role,
+        key=put.key,
+        size=put.size,
+        sha256=put.sha256,
+        content_type=spec.content_type,
+        version_id=put.version_id,
+        slot=spec.slot,
+        width=spec.width,
+        height=spec.height,
+        payload=spec.payload,
+        retain_until=put.retain_until,
+        lock_mode=put.lock_mode,
+        plaintext_sha256=spec.sha256 if spec.encrypt else None,
+        plaintext_size=spec.size if spec.encrypt else None,
+    )
+
+
+def _plain_entry(role: str, put: PutResult, content_type: str) -> ObjectEntry:
+    return ObjectEntry(
+        role=role,
+        key=put.key,
+        size=put.size,
+        sha256=put.sha256,
+        content_type=content_type,
+        version_id=put.version_id,
+        retain_until=put.retain_until,
+        lock_mode=put.lock_mode,
+    )
