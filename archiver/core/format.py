@@ -65,6 +65,7 @@ MANIFEST_SCHEMA = "pass-manifest.v1.schema.json"
 RUN_MANIFEST_VERSION = 1
 RUN_MANIFEST_KIND = "idpass-archiver/run-manifest"
 RUN_MANIFEST_SCHEMA = "run-manifest.v1.schema.json"
+_VERSIONS = {"manifest_version": MANIFEST_VERSION, "run_manifest_version": RUN_MANIFEST_VERSION}
 
 
 def signature_key(key: str) -> str:
@@ -168,13 +169,15 @@ def validate_against(schema_file: str, doc: Any, version_field: str, version: in
         )
 
 
-def _load_object(data: bytes, what: str) -> dict[str, Any]:
+def _load_valid(data: bytes, what: str, schema_file: str, version_field: str) -> dict[str, Any]:
+    """Stored bytes → the document, once it is valid against ``schema_file``."""
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise FormatError(f"{what} is not valid JSON") from None
     if not isinstance(doc, dict):
         raise FormatError(f"{what} is not a JSON object")
+    validate_against(schema_file, doc, version_field, _VERSIONS[version_field])
     return doc
 
 
@@ -288,8 +291,7 @@ class PassManifest:
     def parse(cls, data: bytes) -> PassManifest:
         """Stored bytes → a typed manifest. Raises :class:`FormatError` for bytes that
         are not a pass manifest of a version this build reads."""
-        doc = _load_object(data, "pass manifest")
-        validate_against(MANIFEST_SCHEMA, doc, "manifest_version", MANIFEST_VERSION)
+        doc = _load_valid(data, "pass manifest", MANIFEST_SCHEMA, "manifest_version")
         p = doc["pass"]
         return cls(
             pass_id=doc["pass_id"],
@@ -359,8 +361,7 @@ class RunManifest:
     def parse(cls, data: bytes) -> RunManifest:
         """Stored bytes → a typed run manifest; :class:`FormatError` if they are not
         a run manifest of a version this build reads."""
-        doc = _load_object(data, "run manifest")
-        validate_against(RUN_MANIFEST_SCHEMA, doc, "run_manifest_version", RUN_MANIFEST_VERSION)
+        doc = _load_valid(data, "run manifest", RUN_MANIFEST_SCHEMA, "run_manifest_version")
         prev = doc["previous"]
         return cls(
             run_id=doc["run_id"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -51,37 +52,31 @@ log = structlog.get_logger("archiver.pipeline")
 Offload = Callable[..., Awaitable[Any]]
 
 
+@dataclass(kw_only=True)
 class Committer:
-    """Stores a pass's planned objects and commits them with its signed manifest."""
+    """Stores a pass's planned objects and commits them with its signed manifest.
+    With ``age_recipients``, the plan's objects marked ``encrypt`` are encrypted to
+    them before the put."""
 
-    def __init__(
-        self,
-        *,
-        store: ObjectStore,
-        layout: Layout,
-        signer: Signer,
-        options: PipelineOptions,
-        clock: Clock,
-        offload: Offload,
-        age_recipients: Sequence[Any] = (),
-        put_slots: asyncio.Semaphore | None = None,
-    ) -> None:
-        self.store = store
-        self.layout = layout
-        self.signer = signer
-        self.opt = options
-        self.clock = clock
-        self._io = offload
-        self.age_recipients = list(age_recipients)
-        self._put_slots = put_slots or asyncio.Semaphore(options.max_puts)
+    store: ObjectStore
+    layout: Layout
+    signer: Signer
+    opt: PipelineOptions
+    clock: Clock
+    offload: Offload
+    age_recipients: Sequence[Any] = ()
+    _put_slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._put_slots = asyncio.Semaphore(self.opt.max_puts)
 
     async def existing(self, pass_id: str) -> PassResult | None:
         """The pass's outcome if its manifest is stored already, else None."""
         key = self.layout.manifest(pass_id)
-        info = await self._io(self.store.head, key)
+        info = await self.offload(self.store.head, key)
         if info is None:
             return None
-        data: bytes = await self._io(self.store.get, key)
+        data: bytes = await self.offload(self.store.get, key)
         manifest = PassManifest.parse(data)
         return PassResult(
             pass_id,
@@ -106,19 +101,14 @@ class Committer:
         """Put the objects, then the signature, then the manifest."""
         bodies = await self._bodies(specs)
         stored, sums = await self._put_objects(pass_id, specs, bodies)
-        entries = [_entry(spec, put) for spec, put in zip(specs, stored, strict=True)]
-        entries.append(_plain_entry("checksums", sums, SUMS_TYPE))
+        entries = [_entry(put, spec) for spec, put in zip(specs, stored, strict=True)]
+        entries.append(_entry(sums))
         doc = mf.build_manifest(
             pass_id=pass_id,
             run_id=run_id,
             archived_at=self.clock.now(),
             archiver_version=__version__,
-            status=facts.status,
-            verification_status=facts.verification_status,
-            created_at=facts.created_at,
-            completed_at=facts.completed_at,
-            image_retention_days=facts.image_retention_days,
-            images_deadline=facts.images_deadline,
+            facts=facts,
             objects=entries,
             missing_slots=missing_slots,
             decryption=self.opt.decryption,
@@ -153,7 +143,7 @@ class Committer:
         async def one(spec: ObjectSpec) -> bytes:
             if not spec.encrypt:
                 return spec.data
-            body: bytes = await self._io(pyrage.encrypt, spec.data, self.age_recipients)
+            body: bytes = await self.offload(pyrage.encrypt, spec.data, self.age_recipients)
             return body
 
         return list(await asyncio.gather(*(one(s) for s in specs)))
@@ -251,14 +241,14 @@ class Committer:
                     content_type=ctype,
                     lock=self._lock(),
                     overwrite=overwrite,
-                    offload=self._io,
+                    offload=self.offload,
                 )
         except ObjectConflict:
             if not adopt:
                 raise
         # An earlier, interrupted attempt stored a different but genuine object at
         # this key and never wrote the manifest. Keep it and list it as it is.
-        info = await self._io(self.store.head, key)
+        info = await self.offload(self.store.head, key)
         if info is None or info.sha256 is None:
             raise ObjectConflict(
                 "object changed while being adopted",
@@ -282,34 +272,22 @@ async def _all(puts: Sequence[Awaitable[PutResult]]) -> list[PutResult]:
     return [r for r in results if isinstance(r, PutResult)]
 
 
-def _entry(spec: ObjectSpec, put: PutResult) -> ObjectEntry:
-    """The manifest entry of a planned object, from what the store reported."""
-    return ObjectEntry(
+def _entry(put: PutResult, spec: ObjectSpec | None = None) -> ObjectEntry:
+    """The manifest entry of a planned object (no ``spec``: ``SHA256SUMS``), from
+    what the store reported."""
+    stored = ObjectEntry("checksums", put.key, put.size, put.sha256, SUMS_TYPE, put.version_id)
+    stored = replace(stored, retain_until=put.retain_until, lock_mode=put.lock_mode)
+    if spec is None:
+        return stored
+    plain_sha, plain_size = (spec.sha256, spec.size) if spec.encrypt else (None, None)
+    return replace(
+        stored,
         role=spec.role,
-        key=put.key,
-        size=put.size,
-        sha256=put.sha256,
         content_type=spec.content_type,
-        version_id=put.version_id,
         slot=spec.slot,
         width=spec.width,
         height=spec.height,
         payload=spec.payload,
-        retain_until=put.retain_until,
-        lock_mode=put.lock_mode,
-        plaintext_sha256=spec.sha256 if spec.encrypt else None,
-        plaintext_size=spec.size if spec.encrypt else None,
-    )
-
-
-def _plain_entry(role: str, put: PutResult, content_type: str) -> ObjectEntry:
-    return ObjectEntry(
-        role=role,
-        key=put.key,
-        size=put.size,
-        sha256=put.sha256,
-        content_type=content_type,
-        version_id=put.version_id,
-        retain_until=put.retain_until,
-        lock_mode=put.lock_mode,
+        plaintext_sha256=plain_sha,
+        plaintext_size=plain_size,
     )

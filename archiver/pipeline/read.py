@@ -44,7 +44,8 @@ from archiver.results import PassResult
 
 
 class DetailsReader(Protocol):
-    """The details call (the client, or a retry or rate-limit wrapper around it).
+    """The details call as the pipeline makes it (the client, or a retry or
+    rate-limit wrapper around it; see :meth:`archiver.idpass.client.IdPassClient.details`).
 
     ``body_slot``, when given, is taken before the response body is read (after the
     headers) and kept for the caller, which releases it; a reader that reads the body
@@ -56,8 +57,6 @@ class DetailsReader(Protocol):
         cipher_key: str | None = None,
         *,
         images: bool = True,
-        documents: bool = False,
-        logs: bool = False,
         decrypt_locally_with: str | None = None,
         body_slot: BodySlot | None = None,
     ) -> PassRead: ...
@@ -92,18 +91,24 @@ NOTHING_LEARNED = Learned()
 
 @dataclass(frozen=True, slots=True)
 class Ended:
+    """The pass's outcome is decided by the read."""
+
     result: PassResult
     learned: Learned
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
+    """The answer cannot be archived: ``error`` decides, by the attempt count."""
+
     error: Exception
     learned: Learned
 
 
 @dataclass(slots=True)
 class Staged:
+    """Checked images and the record, ready for the commit protocol."""
+
     facts: PassFacts
     record: bytes  # the record's canonical bytes
     images: list[CheckedImage]
@@ -114,24 +119,16 @@ class Staged:
 ReadResult = Ended | Refused | Staged
 
 
+@dataclass(kw_only=True)
 class PassReader:
-    """Reads and checks one pass; see the module docstring."""
+    """Reads and checks one pass; see the module docstring. ``key_lookup``:
+    (key_ref, pass_id) -> cipher key, for keys kept in their source (blocking)."""
 
-    def __init__(
-        self,
-        *,
-        api: DetailsReader,
-        options: PipelineOptions,
-        clock: Clock,
-        offload: Offload,
-        key_lookup: Callable[[str, str], str | None] | None = None,
-    ) -> None:
-        self.api = api
-        self.opt = options
-        self.clock = clock
-        self._io = offload
-        # (key_ref, pass_id) -> cipher key, for keys kept in their source (blocking)
-        self.key_lookup = key_lookup
+    api: DetailsReader
+    opt: PipelineOptions
+    clock: Clock
+    offload: Offload
+    key_lookup: Callable[[str, str], str | None] | None = None
 
     async def read(self, entry: CatalogEntry, slot: BodySlot, gate: Gate) -> ReadResult:
         """Read the pass inside ``gate``; the body is held under ``slot``, which the
@@ -168,7 +165,7 @@ class PassReader:
         if entry.cipher_key is not None or entry.key_ref is None or self.key_lookup is None:
             return entry.cipher_key
         # The key stays in the customer's source; it is read only now, into memory.
-        key: str | None = await self._io(self.key_lookup, entry.key_ref, entry.pass_id)
+        key: str | None = await self.offload(self.key_lookup, entry.key_ref, entry.pass_id)
         return key
 
     async def _classify(
@@ -251,7 +248,7 @@ class PassReader:
             # keep the other core busy meanwhile
             return [_in_slot(pid, slot, one, text) for slot, text in read.images.items()]
 
-        checked: list[CheckedImage] = await self._io(every)
+        checked: list[CheckedImage] = await self.offload(every)
         return checked
 
     def _sealed(self, pid: str, read: PassRead) -> list[CheckedImage]:
@@ -281,11 +278,6 @@ def _in_slot(
 
 
 def _facts(d: PassDetails, deadline: datetime | None) -> PassFacts:
-    return PassFacts(
-        status=d.status,
-        verification_status=d.verification_status,
-        created_at=d.created_at,
-        completed_at=d.completed_at,
-        image_retention_days=d.image_retention_days,
-        images_deadline=deadline,
-    )
+    """What the manifest records of the API's answer (field for field)."""
+    facts = (d.status, d.verification_status, d.created_at, d.completed_at)
+    return PassFacts(*facts, image_retention_days=d.image_retention_days, images_deadline=deadline)

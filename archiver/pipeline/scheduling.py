@@ -65,8 +65,6 @@ class _RunParts:
     requests: asyncio.Semaphore  # details requests in flight
     bodies: asyncio.Semaphore  # response bodies held (and decoded)
     uploads: asyncio.Semaphore  # passes committing
-    reader: PassReader
-    committer: Committer
 
 
 class Pipeline:
@@ -88,17 +86,17 @@ class Pipeline:
         """``age_recipients``: images and records are encrypted to them before upload.
         ``key_lookup``: (key_ref, pass_id) -> cipher key, for keys kept in their
         source (blocking). ``on_result``: called after each pass (progress); cheap."""
-        self.api = api
-        self.store = store
-        self.catalog = catalog
-        self.layout = layout
-        self.opt = options
-        self.clock = clock
+        self.catalog, self.layout, self.opt, self.clock = catalog, layout, options, clock
         self.executor = executor
-        self.signer = signer
-        self.age_recipients = list(age_recipients)
-        self.key_lookup = key_lookup
         self.on_result = on_result
+        self.age = bool(age_recipients)
+        self.reader = PassReader(
+            api=api, opt=options, clock=clock, offload=self._io, key_lookup=key_lookup
+        )
+        self.committer = Committer(
+            store=store, layout=layout, signer=signer, opt=options, clock=clock, offload=self._io
+        )
+        self.committer.age_recipients = list(age_recipients)
         self._stop = asyncio.Event()
         self._systemic: str | None = None
         self._run_id = "unknown"
@@ -308,23 +306,6 @@ class Pipeline:
             requests=asyncio.Semaphore(self.opt.requests),
             bodies=asyncio.Semaphore(self.opt.concurrency),
             uploads=asyncio.Semaphore(self.opt.concurrency),
-            reader=PassReader(
-                api=self.api,
-                options=self.opt,
-                clock=self.clock,
-                offload=self._io,
-                key_lookup=self.key_lookup,
-            ),
-            committer=Committer(
-                store=self.store,
-                layout=self.layout,
-                signer=self.signer,
-                options=self.opt,
-                clock=self.clock,
-                offload=self._io,
-                age_recipients=self.age_recipients,
-                put_slots=asyncio.Semaphore(self.opt.max_puts),
-            ),
         )
 
     # -- one pass -----------------------------------------------------------------
@@ -364,12 +345,12 @@ class Pipeline:
         ``concurrency`` passes hold a body and as many are uploading, which bounds
         memory; API latency, decoding and S3 latency overlap.
         """
-        existing = await parts.committer.existing(entry.pass_id)
+        existing = await self.committer.existing(entry.pass_id)
         if existing is not None:
             return existing, NOTHING_LEARNED
         slot = BodySlot(parts.bodies)
         try:
-            read = await parts.reader.read(entry, slot, lambda: self._gate(parts))
+            read = await self.reader.read(entry, slot, lambda: self._gate(parts))
             if isinstance(read, Staged):
                 await parts.uploads.acquire()
         finally:
@@ -379,7 +360,7 @@ class Pipeline:
         if isinstance(read, Refused):
             return self._failure(entry, read.error), read.learned
         try:
-            return await self._commit(entry, read, parts.committer), read.learned
+            return await self._commit(entry, read), read.learned
         except Exception as exc:
             return self._failure(entry, exc), read.learned
         finally:
@@ -392,18 +373,16 @@ class Pipeline:
                 raise _Abort  # stopped while this pass waited: send nothing more
             yield
 
-    async def _commit(
-        self, entry: CatalogEntry, staged: Staged, committer: Committer
-    ) -> PassResult:
+    async def _commit(self, entry: CatalogEntry, staged: Staged) -> PassResult:
         specs = plan_objects(
             self.layout,
             entry.pass_id,
             staged.images,
             staged.record,
-            age=bool(self.age_recipients),
+            age=self.age,
         )
         staged.images.clear()  # the specs hold the bytes now
-        return await committer.commit(
+        return await self.committer.commit(
             entry.pass_id,
             run_id=self._run_id,
             facts=staged.facts,

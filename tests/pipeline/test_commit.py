@@ -76,7 +76,7 @@ def _committer(store: MemoryStore, clock: ManualClock, **over: Any) -> Committer
         store=store,
         layout=LAYOUT,
         signer=TEST_SIGNER,
-        options=options,
+        opt=options,
         clock=clock,
         offload=_inline,
         age_recipients=age,
