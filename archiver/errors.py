@@ -28,13 +28,22 @@ data, cipher keys, tokens or response bodies: only ids, keys, statuses and reaso
     ├── FormatError                   no        no    stored bytes that are not a manifest
     │                                                 of a version this build reads
     ├── SigningKeyError               no        no    a key unusable for Ed25519
-    └── SourceError                   yes**     no    a pass source (KYC database, export)
+    ├── SourceError                   yes**     no    a pass source (KYC database, export)
+    ├── ExportError (export.py)       no        no    a pass that cannot be exported intact
+    └── SeaweedFSError (sandbox/)     no        yes   the demo's local S3 test bed failed
 
     * a single failure is retried at pass level; the pipeline treats a run in which
       the store is unreachable for every pass as a systemic failure.
     ** retryable when the source may answer next time (down, timeout), not when its
       answer is unusable (the query lacks a column, a key is invalid). Never
       systemic: a source being down must not stop archiving what the catalog knows.
+
+Outside the tree, on purpose: ``ValueError``/``TypeError`` for a caller breaking a
+function's documented contract (a bug, which the CLI's last-resort handler reports as
+an internal error), ``ValueError`` inside pydantic validators (the configuration turns
+it into ConfigError), and private control-flow exceptions that never leave their
+module. The sandbox's ``SandboxError`` is an HTTP answer of the simulator, never seen
+by the archiver.
 """
 
 from __future__ import annotations

@@ -115,11 +115,13 @@ class Layout:
         return f"{self.runs_day(started_at.astimezone(UTC))}{run_id}.json"
 
     def relative(self, pass_id: str, key: str) -> str:
-        """The key relative to the pass directory, as listed in SHA256SUMS."""
+        """The key relative to the pass directory, as listed in SHA256SUMS (and as
+        ``export`` writes it under a directory of the auditor's: never ``..``)."""
         base = self.pass_dir(pass_id)
-        if not key.startswith(base):
-            raise ValueError("key is outside the pass directory")
-        return key[len(base) :]
+        rel = key[len(base) :] if key.startswith(base) else ""
+        if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
+            raise FormatError(f"an object key of pass {pass_id} is outside its directory")
+        return rel
 
     def manifest_pass_id(self, key: str) -> str | None:
         """The pass id of a listed key if it is a pass manifest, else None."""

@@ -54,6 +54,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from archiver.errors import ArchiverError
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -71,8 +73,15 @@ _ATTEMPT_MARK = "--- idpass-archiver: start attempt"
 _PORT_TAKEN_SIGNS = ("Port allocation failed", "address already in use")
 
 
-class SeaweedFSError(RuntimeError):
-    """The test bed could not be started (the message ends with the tail of its log)."""
+class SeaweedFSError(ArchiverError):
+    """The local S3 test bed (demo, tests) could not be started or set up; the
+    message ends with the tail of its log."""
+
+    systemic = True
+
+    @property
+    def reason(self) -> str:
+        return "seaweedfs_error"
 
 
 def find_weed(explicit: str | os.PathLike[str] | None = None) -> Path:
