@@ -19,7 +19,7 @@ RETURNING`` and the database has a single writer.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -700,28 +700,33 @@ class SqlCatalog:
                 )
             )
 
-    def chain_append(
-        self, chain_id: str, write: Callable[[str | None, str | None], tuple[str, str]]
-    ) -> tuple[str, str]:
-        """Append to a hash chain of run manifests, one appender at a time.
-
-        ``write(prev_key, prev_sha256)`` stores the new run manifest (which names its
-        predecessor) and returns its key and SHA-256; under the chain lock (a PostgreSQL
-        advisory lock, or SQLite's write lock) the head then moves to it. Concurrent
-        workers on one chain therefore never fork it.
+    def chain_move(
+        self, chain_id: str, expected: tuple[str, str] | None, new: tuple[str, str]
+    ) -> bool:
+        """Move a run-manifest chain's head to ``new`` (key, SHA-256) if it is still
+        ``expected`` (None: the chain has no head yet): a compare-and-set in one short
+        transaction under the chain lock (a PostgreSQL advisory lock, or SQLite's write
+        lock). Returns whether it moved; False means another run of the chain moved
+        the head since the caller read it. The manifest is stored before this is
+        called; nothing else happens while the lock is held.
         """
-        with catalog_errors("cannot extend the run chain"), self._exclusive(CHAIN_LOCK_KEY) as conn:
-            row = conn.execute(sa.select(run_chain).where(run_chain.c.chain_id == chain_id)).first()
-            prev = (row.head_key, row.head_sha256) if row is not None else (None, None)
-            key, sha = write(*prev)
-            values = {"head_key": key, "head_sha256": sha, "updated_at": _now()}
+        query = sa.select(run_chain).where(run_chain.c.chain_id == chain_id)
+        with (
+            catalog_errors("cannot move the run chain's head"),
+            self._exclusive(CHAIN_LOCK_KEY) as conn,
+        ):
+            row = conn.execute(query).first()
+            head = (row.head_key, row.head_sha256) if row is not None else None
+            if head != expected:
+                return False
+            values = {"head_key": new[0], "head_sha256": new[1], "updated_at": _now()}
             if row is None:
                 conn.execute(run_chain.insert().values(chain_id=chain_id, **values))
             else:
                 conn.execute(
                     run_chain.update().where(run_chain.c.chain_id == chain_id).values(**values)
                 )
-        return key, sha
+        return True
 
     def chain_head(self, chain_id: str) -> tuple[str, str] | None:
         """The key and SHA-256 of the chain's head, or None for a chain not begun."""

@@ -456,6 +456,63 @@ def test_release_all_leases_frees_passes_of_a_dead_run(catalog):
     assert len(catalog.claim("next-run", T0, 3, 3600)) == 3
 
 
+# -- the run-manifest chain's head -------------------------------------------------------
+
+
+def _link(n: int) -> tuple[str, str]:
+    return f"archive/runs/2026/06/01/run{n}.json", f"{n:064x}"
+
+
+def test_the_chain_head_moves_only_from_the_head_expected(catalog):
+    """chain_move is a compare-and-set: it moves the head to the new manifest only
+    from the head the caller expects (None: a chain not begun), per chain."""
+    assert catalog.chain_head("main") is None
+    assert catalog.chain_move("main", _link(1), _link(2)) is False  # no head yet
+    assert catalog.chain_move("main", None, _link(1)) is True
+    assert catalog.chain_move("main", None, _link(2)) is False  # begun meanwhile
+    assert catalog.chain_move("main", _link(2), _link(3)) is False  # not the head
+    assert catalog.chain_move("main", (_link(1)[0], _link(2)[1]), _link(3)) is False
+    assert catalog.chain_head("main") == _link(1)
+    assert catalog.chain_move("main", _link(1), _link(2)) is True
+    assert catalog.chain_head("main") == _link(2)
+    assert catalog.chain_head("worker-b") is None  # chains are separate
+    assert catalog.chain_move("worker-b", None, _link(9)) is True
+    assert catalog.chain_head("main") == _link(2)
+
+
+def test_runs_moving_the_head_together_move_it_once(catalog_url):
+    """Eight processes' catalogs moving the same head at the same time: exactly one
+    moves it, the others are told it moved."""
+    seed = SqlCatalog(catalog_url)
+    assert seed.chain_move("main", None, _link(0))
+    seed.close()
+    barrier = threading.Barrier(8)
+    moved: dict[int, bool] = {}
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        cat = SqlCatalog(catalog_url)
+        try:
+            barrier.wait(timeout=30)
+            moved[n] = cat.chain_move("main", _link(0), _link(n))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            cat.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    winners = [n for n, ok in moved.items() if ok]
+    assert len(moved) == 8 and len(winners) == 1
+    check = SqlCatalog(catalog_url)
+    assert check.chain_head("main") == _link(winners[0])
+    check.close()
+
+
 # -- database failures -------------------------------------------------------------------
 
 
@@ -506,6 +563,10 @@ def test_every_catalog_operation_on_a_failing_database_is_a_catalog_error(catalo
         (lambda: catalog.get_watermark("src"), "cannot read the watermark"),
         (lambda: catalog.set_watermark("src", T0), "cannot store the watermark"),
         (lambda: catalog.chain_head("main"), "cannot read the run chain's head"),
+        (
+            lambda: catalog.chain_move("main", None, ("k", "0" * 64)),
+            "cannot move the run chain's head",
+        ),
         (catalog.last_run, "cannot read the last run"),
         (lambda: catalog.coverage(None, T0), "cannot read the coverage"),
     ]
