@@ -124,8 +124,11 @@ def run_lock(settings: Settings) -> Iterator[bool]:
         yield False
         return
     path = Path(url.database + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # a read-only or unwritable directory, a file in the way
+        raise _lock_error(path, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -133,9 +136,22 @@ def run_lock(settings: Settings) -> Iterator[bool]:
             raise AlreadyRunning(
                 f"another run holds the catalog lock ({path}); this run does nothing and exits"
             ) from None
+        except OSError as exc:  # a file system without locks
+            raise _lock_error(path, exc) from None
         yield True
     finally:
         os.close(fd)
+
+
+def _lock_error(path: Path, exc: OSError) -> CatalogError:
+    """The run lock could not be taken: name the directory and the system's reason."""
+    # mkdir(exist_ok=True) says "File exists" for a file where the directory should be
+    reason = "not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+    reason = reason or type(exc).__name__
+    return CatalogError(
+        f"cannot take the run lock {path.name} in the catalog's directory {path.parent} "
+        f"({reason}): the directory must exist, or be creatable, and be writable"
+    )
 
 
 async def run_cycle(

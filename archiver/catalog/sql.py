@@ -865,7 +865,16 @@ def _make_parent_dir(url: sa.URL) -> None:
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return
-    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(database).expanduser().parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the directory should be
+        raise CatalogError(f"the catalog's directory {directory} is not a directory") from None
+    except OSError as exc:  # a read-only parent, a file further up
+        raise CatalogError(
+            f"cannot create the catalog's directory {directory} "
+            f"({exc.strerror or type(exc).__name__})"
+        ) from None
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
