@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 import structlog
 
@@ -27,11 +26,18 @@ from archiver.catalog.keys import KeySealer
 from archiver.catalog.sql import SqlCatalog
 from archiver.clock import Clock, SystemClock
 from archiver.config import Settings
-from archiver.core.format import Layout
+from archiver.core.format import (
+    JSON_TYPE,
+    OCTET_TYPE,
+    ChainLink,
+    Layout,
+    chain_link_of,
+    signature_key,
+)
 from archiver.core.images import sha256_hex
 from archiver.core.runlog import build_run_manifest, run_manifest_bytes
 from archiver.core.signing import Signer, SigningKeyError
-from archiver.errors import AlreadyRunning, ConfigError
+from archiver.errors import AlreadyRunning, CatalogError, ConfigError
 from archiver.idpass.client import IdPassClient
 from archiver.pipeline import DetailsReader, Pipeline, PipelineOptions
 from archiver.ratelimit import AsyncRateLimiter, RateLimitedReader
@@ -118,8 +124,11 @@ def run_lock(settings: Settings) -> Iterator[bool]:
         yield False
         return
     path = Path(url.database + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # a read-only or unwritable directory, a file in the way
+        raise _lock_error(path, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -127,9 +136,22 @@ def run_lock(settings: Settings) -> Iterator[bool]:
             raise AlreadyRunning(
                 f"another run holds the catalog lock ({path}); this run does nothing and exits"
             ) from None
+        except OSError as exc:  # a file system without locks
+            raise _lock_error(path, exc) from None
         yield True
     finally:
         os.close(fd)
+
+
+def _lock_error(path: Path, exc: OSError) -> CatalogError:
+    """The run lock could not be taken: name the directory and the system's reason."""
+    # mkdir(exist_ok=True) says "File exists" for a file where the directory should be
+    reason = "not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+    reason = reason or type(exc).__name__
+    return CatalogError(
+        f"cannot take the run lock {path.name} in the catalog's directory {path.parent} "
+        f"({reason}): the directory must exist, or be creatable, and be writable"
+    )
 
 
 async def run_cycle(
@@ -290,37 +312,146 @@ def publish_public_key(store: ObjectStore, layout: Layout, signer: Signer) -> st
 
 
 def write_run_manifest(rt: Runtime, signer: Signer, summary: RunSummary) -> tuple[str, str]:
-    """Sign and store the run manifest, chained to the previous one of this chain."""
-    s = rt.settings
-    layout = Layout(s.storage.clean_prefix)
-    key = layout.run(summary.run_id, summary.started_at)
-    chain = chain_id(s)
+    """Sign and store the run manifest, chained to the previous one of this chain, and
+    make it the chain's head; returns its key and SHA-256.
 
-    def write(prev_key: str | None, prev_sha: str | None) -> tuple[str, str]:
-        while prev_key is not None and prev_sha is not None:
-            found = orphan_successor(rt.store, layout, chain, prev_key, prev_sha, rt.clock.now())
-            if found is None:
+    Store first, then move the head: the store's calls (looking for an orphan to adopt,
+    the puts) run outside any catalog transaction, and the head then moves in a short
+    one, only if it is still the head the manifest was chained to (a compare-and-set,
+    ``chain_move``). When another run of the chain moved it meanwhile, the manifest is
+    placed again against the new head (see :class:`_ChainAppend`), at most
+    :data:`CHAIN_ATTEMPTS` times.
+    """
+    return _ChainAppend(rt, signer, summary).run()
+
+
+#: How often a run tries to move its chain's head to its run manifest. A try fails only
+#: when another run of the same chain moved the head after this one read it.
+CHAIN_ATTEMPTS = 5
+#: How many links back from the head a run looks for its own run manifest (one that
+#: another run chained after while this one was trying): far more than can follow it
+#: while it tries.
+CHAIN_LOOKBACK = 100
+
+RunLink = tuple[str, str]  # a run manifest's key and SHA-256
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """The version of a run's manifest in the store: its SHA-256 and what it follows."""
+
+    sha256: str
+    previous: RunLink | None
+
+
+class _ChainAppend:
+    """One run manifest appended to its chain (:func:`write_run_manifest`).
+
+    Each try reads the head and follows it through the manifests stored after it that
+    chain to it (:func:`orphan_successor`: a killed run's, or one whose run has not
+    moved the head yet) to the chain's tip. Then:
+
+    * our manifest is on that line: the head moves to it;
+    * the head is our manifest or lies past it (another run chained after ours and
+      moved the head first): done, ours is in the chain;
+    * otherwise (not stored yet, or it follows a manifest another run followed first,
+      which would fork the chain): it is stored chained to the tip (a new version
+      replaces the one stored before) and the head moves to it.
+    """
+
+    def __init__(self, rt: Runtime, signer: Signer, summary: RunSummary) -> None:
+        self.rt = rt
+        self.signer = signer
+        self.summary = summary
+        self.layout = Layout(rt.settings.storage.clean_prefix)
+        self.chain = chain_id(rt.settings)
+        self.key = self.layout.run(summary.run_id, summary.started_at)
+        self.stored: _Stored | None = None
+        self.log = structlog.get_logger("archiver.app")
+
+    def run(self) -> RunLink:
+        catalog = self.rt.catalog
+        for attempt in range(1, CHAIN_ATTEMPTS + 1):
+            head = catalog.chain_head(self.chain)
+            line = self._line(head)
+            if self.stored is None or self._mine() not in line:
+                if self.stored is not None and self._behind(head):
+                    return self._mine()  # another run chained after ours, and moved the head
+                self._store(line[-1] if line else None)
+            if catalog.chain_move(self.chain, head, self._mine()):
+                return self._mine()
+            self.log.warning("run_chain_head_moved", key=self.key, attempt=attempt)
+        if self._behind(catalog.chain_head(self.chain)):
+            return self._mine()
+        raise CatalogError(
+            f"run chain {self.chain}: other runs moved its head {CHAIN_ATTEMPTS} times "
+            f"while this run tried to chain {self.key}; the run manifest is stored but "
+            "not in the chain (verify reports it)"
+        )
+
+    def _mine(self) -> RunLink:
+        assert self.stored is not None
+        return self.key, self.stored.sha256
+
+    def _line(self, head: RunLink | None) -> list[RunLink]:
+        """The head, then each manifest stored after it that follows the one before
+        (oldest first); empty for a chain not begun."""
+        line = [head] if head is not None else []
+        while line:
+            found = orphan_successor(
+                self.rt.store, self.layout, self.chain, *line[-1], self.rt.clock.now()
+            )
+            if found is None or found in line:
                 break
-            structlog.get_logger("archiver.app").warning("run_manifest_adopted", key=found[0])
-            prev_key, prev_sha = found
+            if found[0] != self.key:
+                self.log.warning("run_manifest_adopted", key=found[0])
+            line.append(found)
+        return line
+
+    def _behind(self, head: RunLink | None) -> bool:
+        """Whether our stored manifest is ``head`` or one of its predecessors: walk back
+        along the previous links until ours (True), or the manifest ours follows, the
+        chain's start or :data:`CHAIN_LOOKBACK` links (False)."""
+        assert self.stored is not None
+        link = head
+        for _ in range(CHAIN_LOOKBACK):
+            if link is None or link == self.stored.previous:
+                return False
+            if link == self._mine():
+                return True
+            _, previous = chain_link_of(self.rt.store.get(link[0]))
+            link = (previous.key, previous.sha256) if previous is not None else None
+        return False
+
+    def _store(self, previous: RunLink | None) -> None:
+        """Sign and put the manifest chained to ``previous``, its signature first."""
+        s = self.rt.settings
         doc = build_run_manifest(
-            summary,
-            chain_id=chain,
+            self.summary,
+            chain_id=self.chain,
             archiver_version=__version__,
             config_fingerprint=s.fingerprint(),
-            previous_key=prev_key,
-            previous_sha256=prev_sha,
-            signing_key_id=signer.key_id,
+            previous_key=previous[0] if previous else None,
+            previous_sha256=previous[1] if previous else None,
+            signing_key_id=self.signer.key_id,
         )
         data, digest = run_manifest_bytes(doc, check=False)
-        sig = signer.sign(data)
-        rt.store.put(
-            key + ".sig", sig, sha256=sha256_hex(sig), content_type="application/octet-stream"
+        sig = self.signer.sign(data)
+        again = self.stored is not None  # ours follows what another run's followed first
+        if again:
+            self.log.warning(
+                "run_manifest_rechained", key=self.key, previous=previous[0] if previous else None
+            )
+        store = self.rt.store
+        store.put(
+            signature_key(self.key),
+            sig,
+            sha256=sha256_hex(sig),
+            content_type=OCTET_TYPE,
+            overwrite=again,
         )
-        rt.store.put(key, data, sha256=digest, content_type="application/json")
-        return key, digest
-
-    return rt.catalog.chain_append(chain, write)
+        store.put(self.key, data, sha256=digest, content_type=JSON_TYPE, overwrite=again)
+        self.stored = _Stored(digest, previous)
 
 
 #: How far before the head's day a run that followed it may have started (a run
@@ -331,16 +462,17 @@ ORPHAN_LOOKBACK = timedelta(days=2)
 def orphan_successor(
     store: ObjectStore, layout: Layout, chain: str, head_key: str, head_sha: str, now: datetime
 ) -> tuple[str, str] | None:
-    """A stored run manifest of ``chain`` that follows the head but never became it.
+    """A stored run manifest of ``chain`` that follows the head but is not (yet) it.
 
     A run stores its manifest, then moves the chain's head in the catalog. Killed in
     between (SIGKILL, a lost node), it leaves a manifest naming the head as previous
     while the head stays put; the next run would name the same head and fork the chain
-    (``verify``: chain_fork). The next run (holding the chain lock, so no other run is
-    writing) looks for such a manifest and chains after it instead. Candidates are the
-    ``.json`` objects in the day folders from two days before the head's to today,
-    stored after the head; each is read to check its chain and its previous link.
-    Returns its key and SHA-256, or None.
+    (``verify``: chain_fork). The next run looks for such a manifest and chains after
+    it instead. So does a run that ends while another's head move is under way: the
+    compare-and-set on the head (:func:`write_run_manifest`) then sorts out which run
+    moves it. Candidates are the ``.json`` objects in the day folders from two days
+    before the head's to today, stored after the head; each is read to check its chain
+    and its previous link. Returns its key and SHA-256, or None.
     """
     head = store.head(head_key)
     if head is None or head.last_modified is None:
@@ -351,6 +483,7 @@ def orphan_successor(
         day = datetime(y, m, d, tzinfo=UTC) - ORPHAN_LOOKBACK
     except ValueError:
         return None  # not a key of this layout
+    wanted = (chain, ChainLink(head_key, head_sha))
     while day <= now:
         for info in store.list(f"{layout.runs_root()}{day:%Y/%m/%d}/"):
             if (
@@ -361,17 +494,8 @@ def orphan_successor(
             ):
                 continue
             data = store.get(info.key)
-            try:
-                doc = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue  # not ours to judge here: verify reports an invalid run manifest
-            previous = doc.get("previous") if isinstance(doc, dict) else None
-            if (
-                doc.get("chain_id") == chain
-                and isinstance(previous, dict)
-                and previous.get("key") == head_key
-                and previous.get("sha256") == head_sha
-            ):
+            # An unreadable object is not a candidate: verify judges it.
+            if chain_link_of(data) == wanted:
                 return info.key, sha256_hex(data)
         day += timedelta(days=1)
     return None

@@ -19,7 +19,7 @@ RETURNING`` and the database has a single writer.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -214,39 +214,56 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@contextmanager
+def catalog_errors(operation: str) -> Iterator[None]:
+    """Translate a database failure inside the block into a :class:`CatalogError`.
+
+    The message is ``operation`` and the exception's type, e.g. ``cannot claim passes
+    (OperationalError)``: never the exception's own text, which may hold the URL, a
+    statement or its row values. The SQLAlchemy exception is kept as the context, not
+    the cause, so a traceback shows neither. Other exceptions pass through unchanged.
+    """
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise CatalogError(f"{operation} ({type(exc).__name__})") from None
+
+
 class SqlCatalog:
     """:class:`archiver.catalog.Catalog` over a SQLAlchemy URL."""
 
     def __init__(self, url: str, *, sealer: KeySealer | None = None) -> None:
         self._sealer = sealer
         try:
-            parsed = sa.make_url(url)
-            # Never keep the password where a repr or a log line could show it.
-            self.url = parsed.render_as_string(hide_password=True)
-            options: dict[str, Any] = {}
-            if parsed.get_backend_name() == "sqlite":
-                _make_parent_dir(parsed)
-            else:
-                # A scheduler outlives database restarts: test a pooled connection
-                # before handing it out.
-                options["pool_pre_ping"] = True
-            self._engine: Engine = sa.create_engine(parsed, **options)
-            if self._engine.dialect.name == "sqlite":
-                sa.event.listen(self._engine, "connect", _sqlite_pragmas)
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"cannot open the catalog ({type(exc).__name__})") from None
+            with catalog_errors("cannot open the catalog"):
+                self._engine = self._create_engine(url)
         except ImportError as exc:  # the URL names a driver that is not installed
             raise CatalogError(
                 f"cannot open the catalog: driver {exc.name or '?'} is not installed "
                 "(for PostgreSQL: pip install 'idpass-archiver[postgres]')"
             ) from None
         try:
-            self._migrate()
-        except BaseException as exc:
+            with catalog_errors("cannot open the catalog"):
+                self._migrate()
+        except BaseException:
             self._engine.dispose()  # no pooled connection outlives a refused open
-            if isinstance(exc, SQLAlchemyError):
-                raise CatalogError(f"cannot open the catalog ({type(exc).__name__})") from None
             raise
+
+    def _create_engine(self, url: str) -> Engine:
+        parsed = sa.make_url(url)
+        # Never keep the password where a repr or a log line could show it.
+        self.url = parsed.render_as_string(hide_password=True)
+        options: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            _make_parent_dir(parsed)
+        else:
+            # A scheduler outlives database restarts: test a pooled connection
+            # before handing it out.
+            options["pool_pre_ping"] = True
+        engine = sa.create_engine(parsed, **options)
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
 
     # -- schema -------------------------------------------------------------------
 
@@ -306,7 +323,7 @@ class SqlCatalog:
 
     @property
     def schema_version(self) -> int:
-        with self._engine.connect() as conn:
+        with catalog_errors("cannot read the schema version"), self._engine.connect() as conn:
             return _read_version(conn)
 
     # -- helpers ------------------------------------------------------------------
@@ -354,63 +371,64 @@ class SqlCatalog:
         """Add new passes; fill in what a source newly knows about existing ones."""
         added = updated = unchanged = 0
         now = _now()
-        try:
-            with self._engine.begin() as conn:
-                for item in items:
-                    row = conn.execute(
-                        sa.select(passes).where(passes.c.pass_id == item.pass_id)
-                    ).first()
-                    if row is None:
-                        conn.execute(
-                            passes.insert().values(
-                                pass_id=item.pass_id,
-                                state=Outcome.PENDING.value,
-                                source=item.source,
-                                sealed_cipher_key=self._seal(item.pass_id, item.cipher_key),
-                                completed_at=item.completed_at,
-                                image_retention_days=item.image_retention_days,
-                                deadline=images_deadline(
-                                    item.completed_at, item.image_retention_days
-                                ),
-                                attempts=0,
-                                key_ref=item.key_ref,
-                                first_seen_at=now,
-                                updated_at=now,
-                            )
-                        )
-                        added += 1
-                        continue
-                    changes: dict[str, Any] = {}
-                    if item.cipher_key is not None and row.sealed_cipher_key is None:
-                        changes["sealed_cipher_key"] = self._seal(item.pass_id, item.cipher_key)
-                    if item.key_ref is not None and row.key_ref != item.key_ref:
-                        changes["key_ref"] = item.key_ref
-                    completed = row.completed_at or item.completed_at
-                    retention = (
-                        row.image_retention_days
-                        if row.image_retention_days is not None
-                        else item.image_retention_days
+        with catalog_errors("cannot add or update passes"), self._engine.begin() as conn:
+            for item in items:
+                row = conn.execute(
+                    sa.select(passes).where(passes.c.pass_id == item.pass_id)
+                ).first()
+                if row is None:
+                    conn.execute(passes.insert().values(**self._new_pass(item, now)))
+                    added += 1
+                    continue
+                changes = self._filled_in(item, row)
+                if changes:
+                    changes["updated_at"] = now
+                    conn.execute(
+                        passes.update().where(passes.c.pass_id == item.pass_id).values(**changes)
                     )
-                    if completed != row.completed_at:
-                        changes["completed_at"] = completed
-                    if retention != row.image_retention_days:
-                        changes["image_retention_days"] = retention
-                    deadline = images_deadline(completed, retention)
-                    if deadline != row.deadline:
-                        changes["deadline"] = deadline
-                    if changes:
-                        changes["updated_at"] = now
-                        conn.execute(
-                            passes.update()
-                            .where(passes.c.pass_id == item.pass_id)
-                            .values(**changes)
-                        )
-                        updated += 1
-                    else:
-                        unchanged += 1
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"catalog upsert failed ({type(exc).__name__})") from None
+                    updated += 1
+                else:
+                    unchanged += 1
         return UpsertStats(added=added, updated=updated, unchanged=unchanged)
+
+    def _new_pass(self, item: PassUpsert, now: datetime) -> dict[str, Any]:
+        """The row of a pass the catalog does not know yet."""
+        return {
+            "pass_id": item.pass_id,
+            "state": Outcome.PENDING.value,
+            "source": item.source,
+            "sealed_cipher_key": self._seal(item.pass_id, item.cipher_key),
+            "completed_at": item.completed_at,
+            "image_retention_days": item.image_retention_days,
+            "deadline": images_deadline(item.completed_at, item.image_retention_days),
+            "attempts": 0,
+            "key_ref": item.key_ref,
+            "first_seen_at": now,
+            "updated_at": now,
+        }
+
+    def _filled_in(self, item: PassUpsert, row: Any) -> dict[str, Any]:
+        """What ``item`` adds to a known pass's ``row``: a key, a key reference, and the
+        completion time and retention where the row has none (never overwritten)."""
+        changes: dict[str, Any] = {}
+        if item.cipher_key is not None and row.sealed_cipher_key is None:
+            changes["sealed_cipher_key"] = self._seal(item.pass_id, item.cipher_key)
+        if item.key_ref is not None and row.key_ref != item.key_ref:
+            changes["key_ref"] = item.key_ref
+        completed = row.completed_at or item.completed_at
+        retention = (
+            row.image_retention_days
+            if row.image_retention_days is not None
+            else item.image_retention_days
+        )
+        if completed != row.completed_at:
+            changes["completed_at"] = completed
+        if retention != row.image_retention_days:
+            changes["image_retention_days"] = retention
+        deadline = images_deadline(completed, retention)
+        if deadline != row.deadline:
+            changes["deadline"] = deadline
+        return changes
 
     @staticmethod
     def _due_filter(now: datetime, scope: Scope | None = None) -> Any:
@@ -448,16 +466,13 @@ class SqlCatalog:
             .order_by(*self._DUE_ORDER)
             .limit(limit)
         )
-        return self._select(query)
+        return self._select(query, "cannot read the due passes")
 
     def count_due(self, now: datetime, scope: Scope | None = None) -> int:
         """How many passes :meth:`claim` could hand out now (within ``scope``)."""
         query = sa.select(sa.func.count()).select_from(passes).where(self._due_filter(now, scope))
-        try:
-            with self._engine.connect() as conn:
-                return int(conn.execute(query).scalar() or 0)
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"catalog query failed ({type(exc).__name__})") from None
+        with catalog_errors("cannot count the due passes"), self._engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def claim(
         self,
@@ -497,11 +512,8 @@ class SqlCatalog:
             )
             .returning(*passes.c)
         )
-        try:
-            with self._engine.begin() as conn:
-                rows = conn.execute(stmt).all()
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"cannot claim passes ({type(exc).__name__})") from None
+        with catalog_errors("cannot claim passes"), self._engine.begin() as conn:
+            rows = conn.execute(stmt).all()
         entries = [self._entry(r) for r in rows]
         far = datetime.max.replace(tzinfo=UTC)
         entries.sort(key=lambda e: (e.deadline is not None, e.deadline or far, e.pass_id))
@@ -510,30 +522,24 @@ class SqlCatalog:
     def release_all_leases(self) -> int:
         """Clear every lease: only for a process that holds the SQLite run lock, where
         any lease left is from a run that died. Returns how many were cleared."""
-        try:
-            with self._engine.begin() as conn:
-                result = conn.execute(
-                    passes.update()
-                    .where(passes.c.lease_owner.is_not(None))
-                    .values(lease_owner=None, lease_expires_at=None)
-                )
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"cannot release leases ({type(exc).__name__})") from None
+        with catalog_errors("cannot release leases"), self._engine.begin() as conn:
+            result = conn.execute(
+                passes.update()
+                .where(passes.c.lease_owner.is_not(None))
+                .values(lease_owner=None, lease_expires_at=None)
+            )
         return int(result.rowcount or 0)
 
     def release(self, worker: str, pass_ids: list[str]) -> None:
         """Give back leases this worker holds but did not finish (a stopped run)."""
-        try:
-            with self._engine.begin() as conn:
-                for chunk in _chunks(pass_ids, 500):
-                    conn.execute(
-                        passes.update()
-                        .where(passes.c.pass_id.in_(chunk))
-                        .where(passes.c.lease_owner == worker)
-                        .values(lease_owner=None, lease_expires_at=None)
-                    )
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"cannot release leases ({type(exc).__name__})") from None
+        with catalog_errors("cannot release leases"), self._engine.begin() as conn:
+            for chunk in _chunks(pass_ids, 500):
+                conn.execute(
+                    passes.update()
+                    .where(passes.c.pass_id.in_(chunk))
+                    .where(passes.c.lease_owner == worker)
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
 
     def close_overdue(self, now: datetime) -> tuple[list[str], list[str]]:
         """Settle passes whose window closed before archival, without a fetch (after
@@ -546,42 +552,39 @@ class SqlCatalog:
             sa.or_(passes.c.lease_expires_at.is_(None), passes.c.lease_expires_at <= now),
         )
         settled: dict[Outcome, list[str]] = {}
-        try:
-            with self._engine.begin() as conn:
-                for outcome, cond, reason in (
-                    (
-                        Outcome.NO_IMAGES,
-                        passes.c.image_retention_days == 0,
-                        "image_retention_days is 0",
-                    ),
-                    (
-                        Outcome.EXPIRED,
-                        passes.c.image_retention_days > 0,
-                        "retention window closed before archival",
-                    ),
-                ):
-                    ids = list(
-                        conn.execute(
-                            sa.select(passes.c.pass_id)
-                            .where(base, cond)
-                            .with_for_update(skip_locked=True)
-                        ).scalars()
-                    )
-                    for chunk in _chunks(ids, 500):
-                        conn.execute(
-                            passes.update()
-                            .where(passes.c.pass_id.in_(chunk))
-                            .values(
-                                state=outcome.value,
-                                last_reason=reason,
-                                lease_owner=None,
-                                lease_expires_at=None,
-                                updated_at=now,
-                            )
+        with catalog_errors("cannot settle overdue passes"), self._engine.begin() as conn:
+            for outcome, cond, reason in (
+                (
+                    Outcome.NO_IMAGES,
+                    passes.c.image_retention_days == 0,
+                    "image_retention_days is 0",
+                ),
+                (
+                    Outcome.EXPIRED,
+                    passes.c.image_retention_days > 0,
+                    "retention window closed before archival",
+                ),
+            ):
+                ids = list(
+                    conn.execute(
+                        sa.select(passes.c.pass_id)
+                        .where(base, cond)
+                        .with_for_update(skip_locked=True)
+                    ).scalars()
+                )
+                for chunk in _chunks(ids, 500):
+                    conn.execute(
+                        passes.update()
+                        .where(passes.c.pass_id.in_(chunk))
+                        .values(
+                            state=outcome.value,
+                            last_reason=reason,
+                            lease_owner=None,
+                            lease_expires_at=None,
+                            updated_at=now,
                         )
-                    settled[outcome] = ids
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"cannot settle overdue passes ({type(exc).__name__})") from None
+                    )
+                settled[outcome] = ids
         return settled[Outcome.EXPIRED], settled[Outcome.NO_IMAGES]
 
     def at_risk(self, now: datetime, before: datetime, limit: int = 1000) -> list[CatalogEntry]:
@@ -595,49 +598,42 @@ class SqlCatalog:
             .order_by(passes.c.deadline)
             .limit(limit)
         )
-        return self._select(query)
+        return self._select(query, "cannot read the passes at risk")
 
     def get_watermark(self, source: str) -> datetime | None:
         query = sa.select(source_watermarks.c.watermark).where(source_watermarks.c.source == source)
-        try:
-            with self._engine.connect() as conn:
-                value: datetime | None = conn.execute(query).scalar()
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"catalog query failed ({type(exc).__name__})") from None
+        with catalog_errors("cannot read the watermark"), self._engine.connect() as conn:
+            value: datetime | None = conn.execute(query).scalar()
         return value
 
     def set_watermark(self, source: str, value: datetime) -> None:
         now = _now()
-        try:
-            with self._engine.begin() as conn:
-                done = conn.execute(
-                    source_watermarks.update()
-                    .where(source_watermarks.c.source == source)
-                    .values(watermark=value, updated_at=now)
-                ).rowcount
-                if not done:
-                    conn.execute(
-                        source_watermarks.insert().values(
-                            source=source, watermark=value, updated_at=now
-                        )
+        with catalog_errors("cannot store the watermark"), self._engine.begin() as conn:
+            done = conn.execute(
+                source_watermarks.update()
+                .where(source_watermarks.c.source == source)
+                .values(watermark=value, updated_at=now)
+            ).rowcount
+            if not done:
+                conn.execute(
+                    source_watermarks.insert().values(
+                        source=source, watermark=value, updated_at=now
                     )
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"cannot store the watermark ({type(exc).__name__})") from None
+                )
 
-    def _select(self, query: Any) -> list[CatalogEntry]:
-        try:
-            with self._engine.connect() as conn:
-                rows = conn.execute(query).all()
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"catalog query failed ({type(exc).__name__})") from None
+    def _select(self, query: Any, operation: str) -> list[CatalogEntry]:
+        with catalog_errors(operation), self._engine.connect() as conn:
+            rows = conn.execute(query).all()
         return [self._entry(r) for r in rows]
 
     def get(self, pass_id: str) -> CatalogEntry | None:
-        found = self._select(sa.select(passes).where(passes.c.pass_id == pass_id))
+        found = self._select(
+            sa.select(passes).where(passes.c.pass_id == pass_id), "cannot read a pass"
+        )
         return found[0] if found else None
 
     def all(self) -> list[CatalogEntry]:
-        return self._select(sa.select(passes).order_by(passes.c.pass_id))
+        return self._select(sa.select(passes).order_by(passes.c.pass_id), "cannot read the passes")
 
     def record(self, update: OutcomeUpdate, now: datetime) -> None:
         values: dict[str, Any] = {
@@ -666,23 +662,17 @@ class SqlCatalog:
             values["image_retention_days"] = update.image_retention_days
         if update.deadline is not None:
             values["deadline"] = update.deadline
-        try:
-            with self._engine.begin() as conn:
-                result = conn.execute(
-                    passes.update().where(passes.c.pass_id == update.pass_id).values(**values)
-                )
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"catalog update failed ({type(exc).__name__})") from None
+        with catalog_errors("cannot record the outcome of a pass"), self._engine.begin() as conn:
+            result = conn.execute(
+                passes.update().where(passes.c.pass_id == update.pass_id).values(**values)
+            )
         if result.rowcount != 1:
             raise CatalogError(f"pass {update.pass_id} is not in the catalog")
 
     def counts(self) -> Mapping[str, int]:
         query = sa.select(passes.c.state, sa.func.count()).group_by(passes.c.state)
-        try:
-            with self._engine.connect() as conn:
-                return {state: int(n) for state, n in conn.execute(query).all()}
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"catalog query failed ({type(exc).__name__})") from None
+        with catalog_errors("cannot count the passes"), self._engine.connect() as conn:
+            return {state: int(n) for state, n in conn.execute(query).all()}
 
     def record_run(
         self,
@@ -696,59 +686,58 @@ class SqlCatalog:
         manifest_key: str | None = None,
         manifest_sha256: str | None = None,
     ) -> None:
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(
-                    runs.insert().values(
-                        run_id=run_id,
-                        started_at=started_at,
-                        finished_at=finished_at,
-                        exit_code=exit_code,
-                        summary_json=json.dumps(summary, sort_keys=True, default=str),
-                        worker_id=worker_id,
-                        manifest_key=manifest_key,
-                        manifest_sha256=manifest_sha256,
-                    )
+        with catalog_errors("cannot record the run"), self._engine.begin() as conn:
+            conn.execute(
+                runs.insert().values(
+                    run_id=run_id,
+                    started_at=started_at,
+                    finished_at=finished_at,
+                    exit_code=exit_code,
+                    summary_json=json.dumps(summary, sort_keys=True, default=str),
+                    worker_id=worker_id,
+                    manifest_key=manifest_key,
+                    manifest_sha256=manifest_sha256,
                 )
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"cannot record the run ({type(exc).__name__})") from None
+            )
 
-    def chain_append(
-        self, chain_id: str, write: Callable[[str | None, str | None], tuple[str, str]]
-    ) -> tuple[str, str]:
-        """Append to a hash chain of run manifests, one appender at a time.
-
-        ``write(prev_key, prev_sha256)`` stores the new run manifest (which names its
-        predecessor) and returns its key and SHA-256; under the chain lock (a PostgreSQL
-        advisory lock, or SQLite's write lock) the head then moves to it. Concurrent
-        workers on one chain therefore never fork it.
+    def chain_move(
+        self, chain_id: str, expected: tuple[str, str] | None, new: tuple[str, str]
+    ) -> bool:
+        """Move a run-manifest chain's head to ``new`` (key, SHA-256) if it is still
+        ``expected`` (None: the chain has no head yet): a compare-and-set in one short
+        transaction under the chain lock (a PostgreSQL advisory lock, or SQLite's write
+        lock). Returns whether it moved; False means another run of the chain moved
+        the head since the caller read it. The manifest is stored before this is
+        called; nothing else happens while the lock is held.
         """
-        try:
-            with self._exclusive(CHAIN_LOCK_KEY) as conn:
-                row = conn.execute(
-                    sa.select(run_chain).where(run_chain.c.chain_id == chain_id)
-                ).first()
-                prev = (row.head_key, row.head_sha256) if row is not None else (None, None)
-                key, sha = write(*prev)
-                values = {"head_key": key, "head_sha256": sha, "updated_at": _now()}
-                if row is None:
-                    conn.execute(run_chain.insert().values(chain_id=chain_id, **values))
-                else:
-                    conn.execute(
-                        run_chain.update().where(run_chain.c.chain_id == chain_id).values(**values)
-                    )
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"cannot extend the run chain ({type(exc).__name__})") from None
-        return key, sha
+        query = sa.select(run_chain).where(run_chain.c.chain_id == chain_id)
+        with (
+            catalog_errors("cannot move the run chain's head"),
+            self._exclusive(CHAIN_LOCK_KEY) as conn,
+        ):
+            row = conn.execute(query).first()
+            head = (row.head_key, row.head_sha256) if row is not None else None
+            if head != expected:
+                return False
+            values = {"head_key": new[0], "head_sha256": new[1], "updated_at": _now()}
+            if row is None:
+                conn.execute(run_chain.insert().values(chain_id=chain_id, **values))
+            else:
+                conn.execute(
+                    run_chain.update().where(run_chain.c.chain_id == chain_id).values(**values)
+                )
+        return True
 
     def chain_head(self, chain_id: str) -> tuple[str, str] | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(sa.select(run_chain).where(run_chain.c.chain_id == chain_id)).first()
+        """The key and SHA-256 of the chain's head, or None for a chain not begun."""
+        query = sa.select(run_chain).where(run_chain.c.chain_id == chain_id)
+        with catalog_errors("cannot read the run chain's head"), self._engine.connect() as conn:
+            row = conn.execute(query).first()
         return (row.head_key, row.head_sha256) if row is not None else None
 
     def last_run(self) -> dict[str, Any] | None:
         query = sa.select(runs).order_by(runs.c.started_at.desc()).limit(1)
-        with self._engine.connect() as conn:
+        with catalog_errors("cannot read the last run"), self._engine.connect() as conn:
             row = conn.execute(query).first()
         if row is None:
             return None
@@ -816,19 +805,16 @@ class SqlCatalog:
         )
         state_q = sa.select(passes.c.state, sa.func.count()).group_by(passes.c.state)
         days: dict[Any, dict[str, int]] = {}
-        try:
-            with self._snapshot() as conn:
-                by_state = conn.execute(state_q).all()
-                for day, n, images, size in conn.execute(archived_q):
-                    days.setdefault(day, {}).update(
-                        archived=int(n), images=int(images), image_bytes=int(size)
-                    )
-                for day, n in conn.execute(expired_q):
-                    days.setdefault(day, {})["expired"] = int(n)
-                soon = conn.execute(upcoming_q).all()
-                failed = conn.execute(failed_q).all()
-        except SQLAlchemyError as exc:
-            raise CatalogError(f"catalog query failed ({type(exc).__name__})") from None
+        with catalog_errors("cannot read the coverage"), self._snapshot() as conn:
+            by_state = conn.execute(state_q).all()
+            for day, n, images, size in conn.execute(archived_q):
+                days.setdefault(day, {}).update(
+                    archived=int(n), images=int(images), image_bytes=int(size)
+                )
+            for day, n in conn.execute(expired_q):
+                days.setdefault(day, {})["expired"] = int(n)
+            soon = conn.execute(upcoming_q).all()
+            failed = conn.execute(failed_q).all()
         return Coverage(
             generated_at=now,
             since=since,
@@ -879,7 +865,16 @@ def _make_parent_dir(url: sa.URL) -> None:
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return
-    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(database).expanduser().parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the directory should be
+        raise CatalogError(f"the catalog's directory {directory} is not a directory") from None
+    except OSError as exc:  # a read-only parent, a file further up
+        raise CatalogError(
+            f"cannot create the catalog's directory {directory} "
+            f"({exc.strerror or type(exc).__name__})"
+        ) from None
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

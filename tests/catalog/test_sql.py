@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -453,3 +454,122 @@ def test_release_all_leases_frees_passes_of_a_dead_run(catalog):
     assert catalog.claim("next-run", T0, 3, 3600) == []
     assert catalog.release_all_leases() == 3
     assert len(catalog.claim("next-run", T0, 3, 3600)) == 3
+
+
+# -- the run-manifest chain's head -------------------------------------------------------
+
+
+def _link(n: int) -> tuple[str, str]:
+    return f"archive/runs/2026/06/01/run{n}.json", f"{n:064x}"
+
+
+def test_the_chain_head_moves_only_from_the_head_expected(catalog):
+    """chain_move is a compare-and-set: it moves the head to the new manifest only
+    from the head the caller expects (None: a chain not begun), per chain."""
+    assert catalog.chain_head("main") is None
+    assert catalog.chain_move("main", _link(1), _link(2)) is False  # no head yet
+    assert catalog.chain_move("main", None, _link(1)) is True
+    assert catalog.chain_move("main", None, _link(2)) is False  # begun meanwhile
+    assert catalog.chain_move("main", _link(2), _link(3)) is False  # not the head
+    assert catalog.chain_move("main", (_link(1)[0], _link(2)[1]), _link(3)) is False
+    assert catalog.chain_head("main") == _link(1)
+    assert catalog.chain_move("main", _link(1), _link(2)) is True
+    assert catalog.chain_head("main") == _link(2)
+    assert catalog.chain_head("worker-b") is None  # chains are separate
+    assert catalog.chain_move("worker-b", None, _link(9)) is True
+    assert catalog.chain_head("main") == _link(2)
+
+
+def test_runs_moving_the_head_together_move_it_once(catalog_url):
+    """Eight processes' catalogs moving the same head at the same time: exactly one
+    moves it, the others are told it moved."""
+    seed = SqlCatalog(catalog_url)
+    assert seed.chain_move("main", None, _link(0))
+    seed.close()
+    barrier = threading.Barrier(8)
+    moved: dict[int, bool] = {}
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        cat = SqlCatalog(catalog_url)
+        try:
+            barrier.wait(timeout=30)
+            moved[n] = cat.chain_move("main", _link(0), _link(n))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            cat.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    winners = [n for n, ok in moved.items() if ok]
+    assert len(moved) == 8 and len(winners) == 1
+    check = SqlCatalog(catalog_url)
+    assert check.chain_head("main") == _link(winners[0])
+    check.close()
+
+
+# -- database failures -------------------------------------------------------------------
+
+
+def _break(url: str) -> None:
+    """Drop every table behind an open catalog's back: each statement it runs from now
+    on fails in the database itself (SQLite: no such table; PostgreSQL: undefined table)."""
+    for table in ("passes", "runs", "run_chain", "source_watermarks", "schema_version"):
+        _raw(url, f"DROP TABLE {table}")
+
+
+def _assert_translated(call, operation: str) -> None:
+    """``call()`` raises a CatalogError naming ``operation`` and the failure's type, and
+    nothing of the statement, the tables or the URL."""
+    with pytest.raises(CatalogError) as info:
+        call()
+    message = str(info.value)
+    pattern = rf"{re.escape(operation)} \((OperationalError|ProgrammingError)\)"
+    assert re.fullmatch(pattern, message), message
+    assert info.value.__cause__ is None  # the SQLAlchemy error (with SQL) is not chained
+
+
+def test_a_failing_database_under_chain_head_and_last_run_is_a_catalog_error(catalog, catalog_url):
+    """Reading the run chain's head or the last run from a database that fails raises a
+    CatalogError (exit 3 with one line), not SQLAlchemy's exception (an internal error)."""
+    catalog.record_run("r1", T0, T0 + timedelta(seconds=1), 0, {})
+    _break(catalog_url)
+    _assert_translated(lambda: catalog.chain_head("main"), "cannot read the run chain's head")
+    _assert_translated(catalog.last_run, "cannot read the last run")
+
+
+def test_every_catalog_operation_on_a_failing_database_is_a_catalog_error(catalog, catalog_url):
+    """One helper translates database failures: each operation says what it was doing."""
+    update = OutcomeUpdate(_id(1), Outcome.ARCHIVED)
+    operations = [
+        (lambda: catalog.upsert([PassUpsert(_id(1), "t")]), "cannot add or update passes"),
+        (lambda: catalog.due(T0, 10), "cannot read the due passes"),
+        (lambda: catalog.count_due(T0), "cannot count the due passes"),
+        (lambda: catalog.claim("w1", T0, 10, 60), "cannot claim passes"),
+        (lambda: catalog.release("w1", [_id(1)]), "cannot release leases"),
+        (catalog.release_all_leases, "cannot release leases"),
+        (lambda: catalog.close_overdue(T0), "cannot settle overdue passes"),
+        (lambda: catalog.at_risk(T0, T0 + timedelta(days=1)), "cannot read the passes at risk"),
+        (lambda: catalog.get(_id(1)), "cannot read a pass"),
+        (catalog.all, "cannot read the passes"),
+        (lambda: catalog.record(update, T0), "cannot record the outcome of a pass"),
+        (catalog.counts, "cannot count the passes"),
+        (lambda: catalog.record_run("r1", T0, T0, 0, {}), "cannot record the run"),
+        (lambda: catalog.get_watermark("src"), "cannot read the watermark"),
+        (lambda: catalog.set_watermark("src", T0), "cannot store the watermark"),
+        (lambda: catalog.chain_head("main"), "cannot read the run chain's head"),
+        (
+            lambda: catalog.chain_move("main", None, ("k", "0" * 64)),
+            "cannot move the run chain's head",
+        ),
+        (catalog.last_run, "cannot read the last run"),
+        (lambda: catalog.coverage(None, T0), "cannot read the coverage"),
+    ]
+    _break(catalog_url)
+    for call, operation in operations:
+        _assert_translated(call, operation)
