@@ -24,6 +24,8 @@ file, or as an override, is refused by name:
   ``signing.key_file``;
 * AWS credentials through botocore's normal chain (environment, profile, IRSA).
 
+A key that was removed (:data:`REMOVED_KEYS`) is refused with the reason, not ignored.
+
 Only this module reads ``os.environ`` (through the mapping passed to :func:`load`).
 """
 
@@ -113,6 +115,14 @@ SECRETS: tuple[_Secret, ...] = (
 _SECRET_ENV = frozenset({CONFIG_ENV} | {s.env for s in SECRETS if s.env is not None})
 _SECRET_KEYS = {(s.section, s.key): s for s in SECRETS if not s.inline}
 
+#: Keys that no longer exist, and why: a file that still sets one is told so.
+REMOVED_KEYS: dict[tuple[str, str], str] = {
+    ("pipeline", "batch_size"): (
+        "this key was removed because it never had any effect (how many passes a worker "
+        "claims at a time follows api.concurrency and pipeline.concurrency): delete it"
+    ),
+}
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -191,7 +201,6 @@ class PipelineSettings(_Section):
     max_image_bytes: int = Field(default=15 * 1024 * 1024, ge=1024)
     archive_statuses: tuple[str, ...] = ("complete",)
     decryption: Literal["server", "local", "passthrough"] = "server"
-    batch_size: int = Field(default=500, ge=1, le=100_000)
     # Pass-level retries across runs: after this many attempts a pass is `failed`.
     max_attempts: int = Field(default=5, ge=1, le=100)
     retry_base_seconds: int = Field(default=300, ge=1)
@@ -446,7 +455,8 @@ def _raw_tables(data: dict[str, Any], section: str) -> list[tuple[str, dict[str,
 
 
 def _refuse_in_file(data: dict[str, Any]) -> None:
-    """Secrets written in the file are refused by name."""
+    """Secrets written in the file, and keys that were removed (written in the file or
+    set by an override), are refused by name."""
     for secret in _SECRET_KEYS.values():
         for where, table in _raw_tables(data, secret.section):
             if secret.key in table:
@@ -455,6 +465,10 @@ def _refuse_in_file(data: dict[str, Any]) -> None:
                     f"from {secret.origin(where)}",
                     key=f"{where}.{secret.key}",
                 )
+    for (section, key), why in REMOVED_KEYS.items():
+        for where, table in _raw_tables(data, section):
+            if key in table:
+                raise ConfigError(why, key=f"{where}.{key}")
 
 
 def _source_url_envs(data: dict[str, Any]) -> frozenset[str]:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, SecretStr
 
 from archiver import config
 from archiver.errors import ConfigError
+from tests.fixtures.cli import run_cli
 
 MINIMAL = """
 [api]
@@ -290,3 +291,32 @@ def test_every_secret_field_is_in_the_table():
     table = {(s.section, s.key) for s in config.SECRETS if not s.inline}
     assert found == table
     assert ("storage", "sse_customer_key") in found
+
+
+# -- removed keys --------------------------------------------------------------------
+
+
+def test_pipeline_batch_size_is_refused_as_removed(tmp_path):
+    """pipeline.batch_size never had any effect and was removed: a file (or an override)
+    that still sets it is told so, by name, rather than with "unknown key"."""
+    for text, env in (
+        (MINIMAL + "\n[pipeline]\nbatch_size = 500\n", {}),
+        (MINIMAL, {"IDPASS_ARCHIVER_PIPELINE__BATCH_SIZE": "500"}),
+    ):
+        with pytest.raises(ConfigError) as info:
+            config.load(_write(tmp_path, text), environ=env)
+        assert str(info.value).startswith(
+            "pipeline.batch_size: this key was removed because it never had any effect"
+        )
+
+
+def test_a_removed_key_is_a_configuration_error_on_the_command_line(tmp_path):
+    """The command says so in one line and exits 2 (usage), with no traceback."""
+    path = _write(tmp_path, MINIMAL + "\n[pipeline]\nbatch_size = 500\n")
+    proc = run_cli(["status", "--config", str(path)])
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "idpass-archiver: configuration error: pipeline.batch_size: this key was removed "
+        "because it never had any effect (how many passes a worker claims at a time follows "
+        "api.concurrency and pipeline.concurrency): delete it"
+    )
