@@ -312,7 +312,8 @@ def test_pipeline_batch_size_is_refused_as_removed(tmp_path):
 
 def test_a_removed_key_is_a_configuration_error_on_the_command_line(tmp_path):
     """The command says so in one line and exits 2 (usage), with no traceback."""
-    path = _write(tmp_path, MINIMAL + "\n[pipeline]\nbatch_size = 500\n")
+    catalog = f'\n[catalog]\nurl = "sqlite:///{tmp_path / "catalog.db"}"\n'
+    path = _write(tmp_path, MINIMAL + catalog + "\n[pipeline]\nbatch_size = 500\n")
     proc = run_cli(["status", "--config", str(path)])
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
