@@ -105,6 +105,12 @@ class IdPassClient:
         verify_tls: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """The timeouts, the connection limit and TLS verification are the transport's
+        (:class:`~archiver.idpass.transport.Urllib3Transport`), and only its: httpx
+        ignores its own ``limits`` and ``verify`` when it is given a transport, and
+        passes its ``timeout`` to a transport that does not read it. ``transport``
+        replaces the urllib3 one, and with it these four settings (tests give an
+        ``httpx.MockTransport``)."""
         if transport is None:
             transport = Urllib3Transport(
                 max_connections=max_connections,
@@ -120,11 +126,9 @@ class IdPassClient:
                 "Accept": "application/json",
                 "Content-Type": "application/json",
             },
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            verify=verify_tls,
+            # No timeout of httpx's: its default (5 s) would travel with every request
+            # to the transport, which applies its own and never reads this one.
+            timeout=None,  # noqa: S113 - the transport's timeouts apply
             transport=transport,
         )
 
