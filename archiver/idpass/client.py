@@ -33,9 +33,7 @@ from archiver.idpass import crypto
 from archiver.idpass.models import (
     ENVELOPE_FIELD,
     IMAGES_FIELD,
-    CancelResult,
     PassDetails,
-    RegisterResult,
     is_envelope,
     unwrap,
 )
@@ -146,9 +144,6 @@ class IdPassClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _post(self, path: str, body: dict[str, Any], pass_id: str | None) -> Any:
-        return (await self._post_sized(path, body, pass_id))[0]
-
     async def _post_sized(
         self,
         path: str,
@@ -235,22 +230,6 @@ class IdPassClient:
         doc, size = await self._post_sized("/idpass/details", body, pass_id, body_slot)
         read = parse_details(doc, pass_id, decrypt_locally_with=decrypt_locally_with)
         return dataclasses.replace(read, response_bytes=size)
-
-    async def register(self, **fields: Any) -> RegisterResult:
-        doc = await self._post("/idpass/register", fields, None)
-        try:
-            return RegisterResult.model_validate(doc)
-        except ValidationError:
-            raise ApiMalformedResponse("/idpass/register: unexpected response shape") from None
-
-    async def cancel(self, pass_id: str) -> CancelResult:
-        doc = await self._post("/idpass/cancel", {"id": pass_id}, pass_id)
-        try:
-            return CancelResult.model_validate(doc)
-        except ValidationError:
-            raise ApiMalformedResponse(
-                "/idpass/cancel: unexpected response shape", pass_id=pass_id
-            ) from None
 
 
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])

@@ -224,23 +224,6 @@ async def test_repr_of_details_hides_personal_fields():
     assert PID in text
 
 
-async def test_register_and_cancel():
-    """register() and cancel() post to their routes and parse the answers."""
-
-    def handler(request):
-        if request.url.path == "/idpass/register":
-            body = json.loads(request.content)
-            assert body["image_retention_days"] == 5
-            return httpx.Response(200, json={"id": PID, "cipher_key": "c" * 44, "link": "l"})
-        return httpx.Response(200, json={"status": "cancelled", "fee_refunded": True})
-
-    async with _client(handler) as api:
-        reg = await api.register(image_retention_days=5)
-        assert reg.id == PID and "c" * 44 not in repr(reg)
-        cancelled = await api.cancel(PID)
-        assert cancelled.status == "cancelled" and cancelled.fee_refunded
-
-
 async def test_httpx_sends_no_timeouts_of_its_own_to_the_transport():
     """The timeouts are the transport's alone (urllib3's, from connect_timeout and
     read_timeout; tests/idpass/test_transport.py shows them at work). The client used to
