@@ -6,16 +6,25 @@ Environment overrides: ``IDPASS_ARCHIVER_<SECTION>__<KEY>=value`` replaces
 ``[section] key`` (values are parsed as TOML scalars when they can be, so
 ``IDPASS_ARCHIVER_PIPELINE__CONCURRENCY=4`` is an integer).
 
-Secrets never come from the TOML file or the command line:
+Secrets never come from the TOML file or the command line. Each is one row of
+:data:`SECRETS`, resolved by one loop (:func:`_with_secrets`); writing one in the
+file, or as an override, is refused by name:
 
 * the API token from ``$IDPASS_ARCHIVER_API_TOKEN`` or the file named by
   ``api.token_file``;
-* AWS credentials through botocore's normal chain (environment, profile, IRSA);
 * the catalog's key-encryption key from ``$IDPASS_ARCHIVER_CATALOG_KEY`` or the file
-  named by ``catalog.key_file``;
+  named by ``catalog.key_file`` (and the catalog URL, which may also be written in
+  the file, from the file named by ``catalog.url_file``);
 * a SQL source's URL (it holds the database password) from the environment variable
   named by ``sources[N].url_env`` or the file named by ``sources[N].url_file``. Such a
-  variable is never read as an ``IDPASS_ARCHIVER_`` override.
+  variable is never read as an ``IDPASS_ARCHIVER_`` override;
+* the SSE-C customer key from ``$IDPASS_ARCHIVER_SSE_CUSTOMER_KEY`` or the file named
+  by ``storage.sse_customer_key_file``;
+* the signing key from ``$IDPASS_ARCHIVER_SIGNING_KEY`` or the file named by
+  ``signing.key_file``;
+* AWS credentials through botocore's normal chain (environment, profile, IRSA).
+
+A key that was removed (:data:`REMOVED_KEYS`) is refused with the reason, not ignored.
 
 Only this module reads ``os.environ`` (through the mapping passed to :func:`load`).
 """
@@ -28,8 +37,9 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -49,11 +59,76 @@ TOKEN_ENV = "IDPASS_ARCHIVER_API_TOKEN"  # noqa: S105 - a variable name, not a s
 CATALOG_KEY_ENV = "IDPASS_ARCHIVER_CATALOG_KEY"
 SIGNING_KEY_ENV = "IDPASS_ARCHIVER_SIGNING_KEY"
 SSE_C_KEY_ENV = "IDPASS_ARCHIVER_SSE_CUSTOMER_KEY"
-_SECRET_ENV = {CONFIG_ENV, TOKEN_ENV, CATALOG_KEY_ENV, SIGNING_KEY_ENV, SSE_C_KEY_ENV}
+
+
+@dataclass(frozen=True, slots=True)
+class _Secret:
+    """A setting that is filled from the environment or a file, never from the TOML text.
+
+    ``section`` is a table of :class:`Settings` (``"sources"``: each ``[[sources]]``
+    table that has the field). The value comes from the variable ``env`` if it is set
+    and not empty, else from the file named by ``file_key``. With ``env_key`` instead,
+    the variable is the one named by that key, and exactly one of ``env_key`` and
+    ``file_key`` must be given. An ``inline`` setting is an ordinary one that may be
+    written in the file; a ``file_key`` replaces it (and it stays plain text).
+    """
+
+    section: str
+    key: str
+    file_key: str
+    what: str
+    env: str | None = None
+    env_key: str | None = None
+    inline: bool = False
+
+    def origin(self, where: str) -> str:
+        """Where the value may come from, for messages."""
+        if self.env_key is not None:
+            return (
+                f"the environment variable named by {where}.{self.env_key} or the file "
+                f"named by {where}.{self.file_key}"
+            )
+        return f"${self.env} or the file named by {where}.{self.file_key}"
+
+
+#: Every secret of the configuration: one row each, resolved by :func:`_with_secrets`.
+SECRETS: tuple[_Secret, ...] = (
+    _Secret("api", "token", "token_file", "the API token", env=TOKEN_ENV),
+    _Secret("catalog", "key", "key_file", "the catalog key", env=CATALOG_KEY_ENV),
+    _Secret("catalog", "url", "url_file", "the catalog URL", inline=True),
+    _Secret(
+        "sources",
+        "url",
+        "url_file",
+        "the source's SQLAlchemy URL",
+        env_key="url_env",
+    ),
+    _Secret(
+        "storage",
+        "sse_customer_key",
+        "sse_customer_key_file",
+        "the SSE-C customer key",
+        env=SSE_C_KEY_ENV,
+    ),
+    _Secret("signing", "key", "key_file", "the signing key", env=SIGNING_KEY_ENV),
+)
+_SECRET_ENV = frozenset({CONFIG_ENV} | {s.env for s in SECRETS if s.env is not None})
+_SECRET_KEYS = {(s.section, s.key): s for s in SECRETS if not s.inline}
+
+#: Keys that no longer exist, and why: a file that still sets one is told so.
+REMOVED_KEYS: dict[tuple[str, str], str] = {
+    ("pipeline", "batch_size"): (
+        "this key was removed because it never had any effect (how many passes a worker "
+        "claims at a time follows api.concurrency and pipeline.concurrency): delete it"
+    ),
+}
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_T = TypeVar("_T", bound=_Section)
 
 
 class ApiSettings(_Section):
@@ -126,7 +201,6 @@ class PipelineSettings(_Section):
     max_image_bytes: int = Field(default=15 * 1024 * 1024, ge=1024)
     archive_statuses: tuple[str, ...] = ("complete",)
     decryption: Literal["server", "local", "passthrough"] = "server"
-    batch_size: int = Field(default=500, ge=1, le=100_000)
     # Pass-level retries across runs: after this many attempts a pass is `failed`.
     max_attempts: int = Field(default=5, ge=1, le=100)
     retry_base_seconds: int = Field(default=300, ge=1)
@@ -324,8 +398,12 @@ def _apply_env(
                 f"environment override {name} must look like {ENV_PREFIX}<SECTION>__<KEY>"
             )
         section, key = path
-        if key in {"token", "key"}:
-            raise ConfigError(f"{name}: secrets come from {TOKEN_ENV} or files, not overrides")
+        secret = _SECRET_KEYS.get((section, key))
+        if secret is not None:
+            raise ConfigError(
+                f"{name}: secrets are not overrides: {secret.what} comes from "
+                f"{secret.origin(section)}"
+            )
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
             raise ConfigError(f"[{section}] is not a table", key=section)
@@ -366,34 +444,100 @@ def _format_validation(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def _reject_secrets_in_file(data: dict[str, Any]) -> None:
-    for section, key in (("api", "token"), ("catalog", "key"), ("signing", "key")):
-        table = data.get(section)
-        if isinstance(table, dict) and key in table:
-            raise ConfigError(
-                "secrets may not be written in the config file; use the environment "
-                "or a *_file key",
-                key=f"{section}.{key}",
-            )
-    sources = data.get("sources")
-    if isinstance(sources, list):
-        for i, table in enumerate(sources):
-            if isinstance(table, dict) and "url" in table:
+def _raw_tables(data: dict[str, Any], section: str) -> list[tuple[str, dict[str, Any]]]:
+    """``[section]``'s table, or each ``[[section]]`` table, as parsed, with its name."""
+    value = data.get(section)
+    if isinstance(value, dict):
+        return [(section, value)]
+    if isinstance(value, list):
+        return [(f"{section}[{i}]", t) for i, t in enumerate(value) if isinstance(t, dict)]
+    return []
+
+
+def _refuse_in_file(data: dict[str, Any]) -> None:
+    """Secrets written in the file, and keys that were removed (written in the file or
+    set by an override), are refused by name."""
+    for secret in _SECRET_KEYS.values():
+        for where, table in _raw_tables(data, secret.section):
+            if secret.key in table:
                 raise ConfigError(
-                    "a source URL holds a password and may not be written in the config "
-                    "file; use url_env (the name of an environment variable) or url_file",
-                    key=f"sources[{i}].url",
+                    f"secrets may not be written in the config file: {secret.what} comes "
+                    f"from {secret.origin(where)}",
+                    key=f"{where}.{secret.key}",
                 )
+    for (section, key), why in REMOVED_KEYS.items():
+        for where, table in _raw_tables(data, section):
+            if key in table:
+                raise ConfigError(why, key=f"{where}.{key}")
 
 
 def _source_url_envs(data: dict[str, Any]) -> frozenset[str]:
     """The variables named by ``sources[].url_env``: secrets, not overrides."""
-    sources = data.get("sources")
-    if not isinstance(sources, list):
-        return frozenset()
     return frozenset(
-        t["url_env"] for t in sources if isinstance(t, dict) and isinstance(t.get("url_env"), str)
+        t["url_env"] for _, t in _raw_tables(data, "sources") if isinstance(t.get("url_env"), str)
     )
+
+
+def _named_variable(
+    secret: _Secret, env_key: str, table: BaseModel, where: str, env: Mapping[str, str]
+) -> str:
+    """A secret from the variable named by ``env_key``, or from its file: exactly one."""
+    name: str | None = getattr(table, env_key)
+    path: Path | None = getattr(table, secret.file_key)
+    if path is not None and name is None:
+        return _read_secret_file(path, f"{where}.{secret.file_key}")
+    if name is None or path is not None:
+        raise ConfigError(
+            f"give exactly one of {env_key} (the name of an environment variable "
+            f"holding {secret.what}) or {secret.file_key} (a file holding it)",
+            key=f"{where}.{env_key}",
+        )
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(
+            f"environment variable {name} is not set or empty", key=f"{where}.{env_key}"
+        )
+    return value
+
+
+def _secret_value(
+    secret: _Secret, table: BaseModel, where: str, env: Mapping[str, str]
+) -> str | None:
+    """The secret's value (``None``: not given), read as its row of :data:`SECRETS` says."""
+    if secret.env_key is not None:
+        return _named_variable(secret, secret.env_key, table, where, env)
+    value = env.get(secret.env) if secret.env is not None else None
+    path: Path | None = getattr(table, secret.file_key)
+    if not value and path is not None:
+        value = _read_secret_file(path, f"{where}.{secret.file_key}")
+    return value or None
+
+
+def _fill(table: _T, where: str, env: Mapping[str, str]) -> _T:
+    """``table`` with its secrets (the rows of :data:`SECRETS` for its fields) filled in."""
+    section = where.split("[", 1)[0]
+    update: dict[str, Any] = {}
+    for secret in SECRETS:
+        if secret.section != section or secret.key not in type(table).model_fields:
+            continue  # another table's, or a file source (which has no URL)
+        value = _secret_value(secret, table, where, env)
+        if not secret.inline:
+            update[secret.key] = SecretStr(value) if value else None
+        elif value is not None:
+            update[secret.key] = value
+    return table.model_copy(update=update) if update else table
+
+
+def _with_secrets(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """Every secret of :data:`SECRETS` resolved, in the table's order."""
+    update: dict[str, Any] = {}
+    for section in dict.fromkeys(s.section for s in SECRETS):
+        current = getattr(settings, section)
+        if isinstance(current, tuple):
+            update[section] = tuple(_fill(t, f"{section}[{i}]", env) for i, t in enumerate(current))
+        elif current is not None:
+            update[section] = _fill(current, section, env)
+    return settings.model_copy(update=update)
 
 
 def _binds(query: str, name: str) -> bool:
@@ -401,19 +545,43 @@ def _binds(query: str, name: str) -> bool:
     return re.search(rf"(?<![:\w]):{name}\b", query) is not None
 
 
-def _resolve_sources(
-    sources: tuple[SqlSourceSettings | FileSourceSettings, ...],
-    environ: Mapping[str, str],
-    *,
-    have_catalog_key: bool,
-) -> tuple[SqlSourceSettings | FileSourceSettings, ...]:
-    """Cross-field checks on ``[[sources]]`` and the SQL URLs read from env or files.
+def _check_sql_source(src: SqlSourceSettings, where: str, *, have_catalog_key: bool) -> None:
+    if not _binds(src.query, "watermark"):
+        raise ConfigError(
+            "the query must bind :watermark (e.g. WHERE updated_at > :watermark) so "
+            "that only changed rows are read",
+            key=f"{where}.query",
+        )
+    if src.key_query is not None and not _binds(src.key_query, "id"):
+        raise ConfigError(
+            "key_query must bind :id (the pass id) and return one row with a cipher_key column",
+            key=f"{where}.key_query",
+        )
+    if (
+        not src.store_cipher_keys
+        and src.key_query is None
+        and re.search(r"\bcipher_key\b", src.query, re.IGNORECASE)
+    ):
+        raise ConfigError(
+            "the query returns cipher_key but store_cipher_keys = false, so keys stay "
+            "in the source: set key_query to a query that binds :id and returns one "
+            "row with a cipher_key column (or set store_cipher_keys = true to seal "
+            "them into the catalog)",
+            key=f"{where}.key_query",
+        )
+    if src.store_cipher_keys and not have_catalog_key:
+        raise ConfigError(
+            f"store_cipher_keys = true needs a catalog key to seal the keys with: set "
+            f"{CATALOG_KEY_ENV} or catalog.key_file",
+            key=f"{where}.store_cipher_keys",
+        )
 
-    Messages name the key (``sources[N].url_env``) and never contain a URL.
-    """
+
+def _check_sources(settings: Settings) -> None:
+    """Cross-field checks on ``[[sources]]``. Messages name the key
+    (``sources[N].query``) and never contain a URL."""
     seen: dict[str, int] = {}
-    resolved: list[SqlSourceSettings | FileSourceSettings] = []
-    for i, src in enumerate(sources):
+    for i, src in enumerate(settings.sources):
         where = f"sources[{i}]"
         if src.name in seen:
             raise ConfigError(
@@ -421,56 +589,27 @@ def _resolve_sources(
                 key=f"{where}.name",
             )
         seen[src.name] = i
-        if isinstance(src, FileSourceSettings):
-            resolved.append(src)
-            continue
-        if (src.url_env is None) == (src.url_file is None):
-            raise ConfigError(
-                "give exactly one of url_env (the name of an environment variable holding "
-                "the SQLAlchemy URL) or url_file (a file holding it)",
-                key=f"{where}.url_env",
-            )
-        if src.url_env is not None:
-            url = environ.get(src.url_env, "").strip()
-            if not url:
-                raise ConfigError(
-                    f"environment variable {src.url_env} is not set or empty",
-                    key=f"{where}.url_env",
-                )
-        else:
-            assert src.url_file is not None
-            url = _read_secret_file(src.url_file, f"{where}.url_file")
-        if not _binds(src.query, "watermark"):
-            raise ConfigError(
-                "the query must bind :watermark (e.g. WHERE updated_at > :watermark) so "
-                "that only changed rows are read",
-                key=f"{where}.query",
-            )
-        if src.key_query is not None and not _binds(src.key_query, "id"):
-            raise ConfigError(
-                "key_query must bind :id (the pass id) and return one row with a cipher_key column",
-                key=f"{where}.key_query",
-            )
-        if (
-            not src.store_cipher_keys
-            and src.key_query is None
-            and re.search(r"\bcipher_key\b", src.query, re.IGNORECASE)
-        ):
-            raise ConfigError(
-                "the query returns cipher_key but store_cipher_keys = false, so keys stay "
-                "in the source: set key_query to a query that binds :id and returns one "
-                "row with a cipher_key column (or set store_cipher_keys = true to seal "
-                "them into the catalog)",
-                key=f"{where}.key_query",
-            )
-        if src.store_cipher_keys and not have_catalog_key:
-            raise ConfigError(
-                f"store_cipher_keys = true needs a catalog key to seal the keys with: set "
-                f"{CATALOG_KEY_ENV} or catalog.key_file",
-                key=f"{where}.store_cipher_keys",
-            )
-        resolved.append(src.model_copy(update={"url": SecretStr(url)}))
-    return tuple(resolved)
+        if isinstance(src, SqlSourceSettings):
+            _check_sql_source(src, where, have_catalog_key=settings.catalog.key is not None)
+
+
+def _check_sse_c(storage: StorageSettings) -> None:
+    """``sse = 'SSE-C'`` needs a customer key, Base64 of 32 bytes."""
+    if storage.sse != "SSE-C":
+        return
+    if storage.sse_customer_key is None:
+        raise ConfigError(
+            f"sse = 'SSE-C' needs a customer key: storage.sse_customer_key_file or {SSE_C_KEY_ENV}",
+            key="storage.sse_customer_key_file",
+        )
+    try:
+        if len(base64.b64decode(storage.sse_customer_key.get_secret_value(), validate=True)) != 32:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            "the SSE-C key must be Base64 of 32 bytes (`openssl rand -base64 32`)",
+            key="storage.sse_customer_key_file",
+        ) from None
 
 
 def from_mapping(
@@ -481,68 +620,16 @@ def from_mapping(
     """Build settings from already-parsed TOML data plus environment overrides."""
     env = os.environ if environ is None else environ
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    _reject_secrets_in_file(data)
     _apply_env(data, env, skip=_source_url_envs(data))
+    _refuse_in_file(data)
     try:
         settings = Settings.model_validate({**data, "source_path": source_path})
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc)) from None
-
-    token = env.get(TOKEN_ENV)
-    if not token and settings.api is not None and settings.api.token_file:
-        token = _read_secret_file(settings.api.token_file, "api.token_file")
-    catalog_key = env.get(CATALOG_KEY_ENV)
-    if not catalog_key and settings.catalog.key_file:
-        catalog_key = _read_secret_file(settings.catalog.key_file, "catalog.key_file")
-    catalog_url = settings.catalog.url
-    if settings.catalog.url_file:
-        catalog_url = _read_secret_file(settings.catalog.url_file, "catalog.url_file")
-    sources = _resolve_sources(settings.sources, env, have_catalog_key=bool(catalog_key))
-    sse_c = env.get(SSE_C_KEY_ENV)
-    if not sse_c and settings.storage.sse_customer_key_file:
-        sse_c = _read_secret_file(
-            settings.storage.sse_customer_key_file, "storage.sse_customer_key_file"
-        )
-    if settings.storage.sse == "SSE-C":
-        if not sse_c:
-            raise ConfigError(
-                f"sse = 'SSE-C' needs a customer key: storage.sse_customer_key_file or "
-                f"{SSE_C_KEY_ENV}",
-                key="storage.sse_customer_key_file",
-            )
-        try:
-            if len(base64.b64decode(sse_c, validate=True)) != 32:
-                raise ValueError
-        except ValueError:
-            raise ConfigError(
-                "the SSE-C key must be Base64 of 32 bytes (`openssl rand -base64 32`)",
-                key="storage.sse_customer_key_file",
-            ) from None
-    signing_key = env.get(SIGNING_KEY_ENV)
-    if not signing_key and settings.signing.key_file:
-        signing_key = _read_secret_file(settings.signing.key_file, "signing.key_file")
-    return settings.model_copy(
-        update={
-            "sources": sources,
-            "storage": settings.storage.model_copy(
-                update={"sse_customer_key": SecretStr(sse_c) if sse_c else None}
-            ),
-            "signing": settings.signing.model_copy(
-                update={"key": SecretStr(signing_key) if signing_key else None}
-            ),
-            "api": (
-                settings.api.model_copy(update={"token": SecretStr(token) if token else None})
-                if settings.api is not None
-                else None
-            ),
-            "catalog": settings.catalog.model_copy(
-                update={
-                    "key": SecretStr(catalog_key) if catalog_key else None,
-                    "url": catalog_url,
-                }
-            ),
-        }
-    )
+    settings = _with_secrets(settings, env)
+    _check_sources(settings)
+    _check_sse_c(settings.storage)
+    return settings
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

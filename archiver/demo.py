@@ -23,13 +23,14 @@ from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 
 from archiver import config as config_mod
 from archiver.app import run_cycle, runtime
+from archiver.catalog import PassUpsert
 from archiver.catalog.keys import new_catalog_secret
 from archiver.clock import isoformat
 from archiver.core.format import Layout, PassManifest
@@ -39,7 +40,11 @@ from archiver.logging import configure
 from archiver.results import RunSummary
 from archiver.sources.file import read_file
 from archiver.store import ObjectStore
-from archiver.verify import VerifyScope, run_verify
+from archiver.verify import VerifyReport, VerifyScope, run_verify
+
+if TYPE_CHECKING:  # started in run_demo, imported there (demo and tests only)
+    from archiver.sandbox.seaweedfs import SeaweedFS
+    from archiver.sandbox.server import SandboxServer
 
 # (how many, what to ask the sandbox for, the outcome we expect)
 PLAN: list[tuple[int, dict[str, Any], str]] = [
@@ -171,6 +176,157 @@ def _read_back(
     return objects, nbytes, problems
 
 
+def _write_config(workdir: Path, api_url: str, s3_url: str, token: str) -> tuple[Path, Signer]:
+    """The demo's config file and its secret files (API token, catalog key, signing
+    key), in ``workdir``; returns the config's path and the signing key."""
+    settings_text = resources.files("archiver").joinpath("demo.toml").read_text("utf-8")
+    config_path = workdir / "archiver.toml"
+    config_path.write_text(settings_text, encoding="utf-8")
+    _write_secret(workdir / "api-token", token)
+    _write_secret(workdir / "catalog.key", new_catalog_secret())
+    signer = Signer.generate()
+    _write_secret(workdir / "signing-key.pem", signer.private_pem().decode().strip())
+    (workdir / "signing-key.pub.pem").write_bytes(signer.verifier.public_pem())
+    environ = {
+        "IDPASS_ARCHIVER_API__BASE_URL": f'"{api_url}"',
+        "IDPASS_ARCHIVER_API__TOKEN_FILE": f'"{workdir / "api-token"}"',
+        "IDPASS_ARCHIVER_STORAGE__ENDPOINT_URL": f'"{s3_url}"',
+        "IDPASS_ARCHIVER_CATALOG__URL": f'"sqlite:///{workdir / "catalog.db"}"',
+        "IDPASS_ARCHIVER_CATALOG__KEY_FILE": f'"{workdir / "catalog.key"}"',
+        "IDPASS_ARCHIVER_SIGNING__KEY_FILE": f'"{workdir / "signing-key.pem"}"',
+    }
+    # Write the effective config (addresses and secret-file paths filled in), so
+    # that `status --config WORKDIR/archiver.toml` finds this demo's catalog.
+    config_path.write_text(_effective_config(settings_text, environ), encoding="utf-8")
+    return config_path, signer
+
+
+def _export_ledger(admin: httpx.Client, workdir: Path, say: _Say) -> list[PassUpsert]:
+    """The sandbox's pass ledger, written to ``workdir`` as the customer's export."""
+    ledger = workdir / "ledger.jsonl"
+    ledger.write_bytes(admin.get("/_sandbox/ledger").content)
+    os.chmod(ledger, 0o600)  # it holds cipher keys, as the customer's export would
+    items, bad = read_file(ledger)
+    say(f"exported the sandbox's pass ledger: {len(items)} passes, {len(bad)} bad lines")
+    return items
+
+
+@dataclass
+class _Checked:
+    """What one archival cycle did, and what reading it back and verifying found."""
+
+    summary: RunSummary
+    archived: list[str]
+    objects: int
+    nbytes: int
+    problems: list[str]
+    audit: VerifyReport
+    mismatched: list[str]
+    sample: str | None
+    sample_doc: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.mismatched and bool(self.archived) and self.audit.ok
+
+
+def _archive_and_check(
+    settings: config_mod.Settings,
+    items: list[PassUpsert],
+    expected: dict[str, str],
+    admin: httpx.Client,
+    credentials: tuple[str, str],
+    signer: Signer,
+    say: _Say,
+) -> _Checked:
+    """Import ``items``, run one cycle, read every object back and verify the archive."""
+    with runtime(settings, credentials=credentials) as rt:
+        stats = rt.catalog.upsert(items)
+        say(f"imported into the catalog: {stats.added} new")
+        say("running one archival cycle ...")
+        summary: RunSummary = asyncio.run(run_cycle(rt))
+        layout = Layout(settings.storage.clean_prefix)
+        archived = [r.pass_id for r in summary.results if r.outcome.value == "archived"]
+        say("reading everything back ...")
+        objects, nbytes, problems = _read_back(rt.store, layout, admin, archived)
+        say("verifying the archive (signatures, versions, checksums, chain) ...")
+        audit = run_verify(
+            rt.store, layout, [signer.verifier], VerifyScope(everything=True, deep=True)
+        )
+        got = {r.pass_id: r.outcome.value for r in summary.results}
+        mismatched = sorted(pid for pid, want in expected.items() if got.get(pid) != want)
+        sample = sorted(archived)[0] if archived else None
+        sample_doc = orjson.loads(rt.store.get(layout.manifest(sample))) if sample else None
+    return _Checked(
+        summary, archived, objects, nbytes, problems, audit, mismatched, sample, sample_doc
+    )
+
+
+def _result(
+    checked: _Checked, expected: dict[str, str], settings: config_mod.Settings, workdir: Path
+) -> dict[str, Any]:
+    """The demo's result, as ``--json`` prints it (less ``seconds``)."""
+    summary = checked.summary
+    prefix = settings.storage.clean_prefix
+    return {
+        "work_dir": str(workdir),
+        "passes": len(expected),
+        "outcomes": dict(Counter(r.outcome.value for r in summary.results)),
+        "images": sum(r.images for r in summary.results),
+        "image_bytes": sum(r.image_bytes for r in summary.results),
+        "read_back": {
+            "objects": checked.objects,
+            "bytes": checked.nbytes,
+            "problems": checked.problems,
+        },
+        "verify": checked.audit.to_json(),
+        "run_manifest_key": summary.run_manifest_key,
+        "unexpected_outcomes": checked.mismatched,
+        "run_exit_code": summary.exit_code,
+        "bucket": settings.storage.bucket,
+        "prefix": prefix,
+        "sample_manifest_key": Layout(prefix).manifest(checked.sample) if checked.sample else None,
+    }
+
+
+def _demo(
+    workdir: Path,
+    s3: SeaweedFS,
+    sandbox: SandboxServer,
+    token: str,
+    credentials: tuple[str, str],
+    *,
+    as_json: bool,
+    serve: bool,
+    say: _Say,
+    t0: float,
+) -> int:
+    """The demo with both servers up: configure, seed, archive, check, report."""
+    config_path, signer = _write_config(workdir, sandbox.base_url, s3.endpoint_url, token)
+    settings = config_mod.load(config_path, {})
+    s3.create_bucket(
+        settings.storage.bucket, object_lock=True, kms_key_id=settings.storage.kms_key_id
+    )
+    with httpx.Client(
+        base_url=sandbox.base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ) as admin:
+        expected = _seed(admin)
+        say(f"registered and completed {len(expected)} passes in the sandbox")
+        items = _export_ledger(admin, workdir, say)
+        checked = _archive_and_check(settings, items, expected, admin, credentials, signer, say)
+        result = _result(checked, expected, settings, workdir)
+        result["seconds"] = round(time.monotonic() - t0, 1)
+        if as_json:
+            sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            _print_summary(result, checked.sample_doc, workdir, checked.ok)
+        if serve and not as_json:
+            _serve(s3, settings.storage.bucket, workdir)
+        return 0 if checked.ok else 1
+
+
 def run_demo(workdir: Path | None = None, as_json: bool = False, serve: bool = False) -> int:
     from archiver.sandbox.seaweedfs import SeaweedFS
     from archiver.sandbox.server import SandboxServer
@@ -195,96 +351,18 @@ def run_demo(workdir: Path | None = None, as_json: bool = False, serve: bool = F
         with (
             SeaweedFS(workdir / "s3", access_key=access_key, secret_key=secret_key) as s3,
             SandboxServer(token) as sandbox,
-        ):
-            settings_text = resources.files("archiver").joinpath("demo.toml").read_text("utf-8")
-            config_path = workdir / "archiver.toml"
-            config_path.write_text(settings_text, encoding="utf-8")
-            _write_secret(workdir / "api-token", token)
-            _write_secret(workdir / "catalog.key", new_catalog_secret())
-            signer = Signer.generate()
-            _write_secret(workdir / "signing-key.pem", signer.private_pem().decode().strip())
-            (workdir / "signing-key.pub.pem").write_bytes(signer.verifier.public_pem())
-            environ = {
-                "IDPASS_ARCHIVER_API__BASE_URL": f'"{sandbox.base_url}"',
-                "IDPASS_ARCHIVER_API__TOKEN_FILE": f'"{workdir / "api-token"}"',
-                "IDPASS_ARCHIVER_STORAGE__ENDPOINT_URL": f'"{s3.endpoint_url}"',
-                "IDPASS_ARCHIVER_CATALOG__URL": f'"sqlite:///{workdir / "catalog.db"}"',
-                "IDPASS_ARCHIVER_CATALOG__KEY_FILE": f'"{workdir / "catalog.key"}"',
-                "IDPASS_ARCHIVER_SIGNING__KEY_FILE": f'"{workdir / "signing-key.pem"}"',
-            }
-            # Write the effective config (addresses and secret-file paths filled in), so
-            # that `status --config WORKDIR/archiver.toml` finds this demo's catalog.
-            config_path.write_text(_effective_config(settings_text, environ), encoding="utf-8")
-            settings = config_mod.load(config_path, {})
-            s3.create_bucket(
-                settings.storage.bucket, object_lock=True, kms_key_id=settings.storage.kms_key_id
+        ):  # both servers stop when this block ends, Ctrl+C included
+            return _demo(
+                workdir,
+                s3,
+                sandbox,
+                token,
+                (access_key, secret_key),
+                as_json=as_json,
+                serve=serve,
+                say=say,
+                t0=t0,
             )
-
-            with httpx.Client(
-                base_url=sandbox.base_url,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
-            ) as admin:
-                expected = _seed(admin)
-                say(f"registered and completed {len(expected)} passes in the sandbox")
-                ledger = workdir / "ledger.jsonl"
-                ledger.write_bytes(admin.get("/_sandbox/ledger").content)
-                os.chmod(ledger, 0o600)  # it holds cipher keys, as the customer's export would
-                items, bad = read_file(ledger)
-                say(
-                    f"exported the sandbox's pass ledger: {len(items)} passes, {len(bad)} bad lines"
-                )
-
-                with runtime(settings, credentials=(access_key, secret_key)) as rt:
-                    stats = rt.catalog.upsert(items)
-                    say(f"imported into the catalog: {stats.added} new")
-                    say("running one archival cycle ...")
-                    summary: RunSummary = asyncio.run(run_cycle(rt))
-                    layout = Layout(settings.storage.clean_prefix)
-                    archived = [r.pass_id for r in summary.results if r.outcome.value == "archived"]
-                    say("reading everything back ...")
-                    objects, nbytes, problems = _read_back(rt.store, layout, admin, archived)
-                    say("verifying the archive (signatures, versions, checksums, chain) ...")
-                    audit = run_verify(
-                        rt.store, layout, [signer.verifier], VerifyScope(everything=True, deep=True)
-                    )
-                    got = {r.pass_id: r.outcome.value for r in summary.results}
-                    mismatched = sorted(
-                        pid for pid, want in expected.items() if got.get(pid) != want
-                    )
-                    sample = sorted(archived)[0] if archived else None
-                    sample_doc = (
-                        orjson.loads(rt.store.get(layout.manifest(sample))) if sample else None
-                    )
-                result = {
-                    "work_dir": str(workdir),
-                    "passes": len(expected),
-                    "outcomes": dict(Counter(r.outcome.value for r in summary.results)),
-                    "images": sum(r.images for r in summary.results),
-                    "image_bytes": sum(r.image_bytes for r in summary.results),
-                    "read_back": {"objects": objects, "bytes": nbytes, "problems": problems},
-                    "verify": audit.to_json(),
-                    "run_manifest_key": summary.run_manifest_key,
-                    "unexpected_outcomes": mismatched,
-                    "run_exit_code": summary.exit_code,
-                    "bucket": settings.storage.bucket,
-                    "prefix": settings.storage.clean_prefix,
-                    "sample_manifest_key": Layout(settings.storage.clean_prefix).manifest(sample)
-                    if sample
-                    else None,
-                    "seconds": round(time.monotonic() - t0, 1),
-                }
-                ok = not problems and not mismatched and bool(archived) and audit.ok
-                if as_json:
-                    sys.stdout.write(
-                        orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n"
-                    )
-                else:
-                    _print_summary(result, sample_doc, workdir, ok)
-                if serve and not as_json:
-                    _serve(s3, settings.storage.bucket, workdir)
-                return 0 if ok else 1
-            # (both servers stop here, Ctrl+C included)
     except _Served:
         print("\nidpass-archiver demo: servers stopped", file=sys.stderr)
         return 0

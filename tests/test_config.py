@@ -1,11 +1,14 @@
+import base64
 import re
+import typing
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from archiver import config
 from archiver.errors import ConfigError
+from tests.fixtures.cli import run_cli
 
 MINIMAL = """
 [api]
@@ -146,3 +149,175 @@ def test_example_config_documents_every_key():
                     continue
                 documented = f"\n{key} =" in text or f"# {key} =" in text
                 assert documented, f"{section_name}.{key} undocumented"
+
+
+# -- secrets: one table, every row resolved and refused the same way -----------------
+
+SSE_C_KEY = base64.b64encode(b"k" * 32).decode()
+SSE_C = MINIMAL.replace('kms_key_id = "alias/archive"', 'sse = "SSE-C"')
+SQL_SOURCE = (
+    '\n[[sources]]\nkind = "sql"\nname = "kyc"\nurl_env = "KYC_URL"\n'
+    'query = "SELECT id, updated_at FROM p WHERE updated_at > :watermark"\n'
+)
+# (section header, key, the value written inline) for every secret that is refused
+INLINE_SECRETS = [
+    ("[api]", "token", "inline-token-value"),
+    ("[storage]", "sse_customer_key", SSE_C_KEY),
+    ("[catalog]", "key", "inline-catalog-key"),
+    ("[signing]", "key", "inline-signing-key"),
+]
+
+
+def _with_key(text: str, header: str, key: str, value: str) -> str:
+    if header not in text:
+        text += f"\n{header}\n"
+    return text.replace(f"{header}\n", f"{header}\n{key} = {value!r}\n", 1)
+
+
+@pytest.mark.parametrize(("header", "key", "value"), INLINE_SECRETS)
+def test_a_secret_written_in_the_file_is_refused(tmp_path, header, key, value):
+    """Every secret written in the TOML is refused by name (storage.sse_customer_key
+    used to be accepted and silently dropped), and the message never holds it."""
+    section = header.strip("[]")
+    text = _with_key(SSE_C, header, key, value)
+    with pytest.raises(ConfigError) as info:
+        config.load(_write(tmp_path, text), environ={"IDPASS_ARCHIVER_SSE_CUSTOMER_KEY": SSE_C_KEY})
+    message = str(info.value)
+    assert message.startswith(f"{section}.{key}: secrets may not be written in the config file")
+    assert value not in message
+
+
+def test_a_source_url_written_in_the_file_is_refused(tmp_path):
+    text = SQL_SOURCE + "url = 'sqlite:///inline.db'\n"
+    with pytest.raises(ConfigError) as info:
+        config.load(_write(tmp_path, MINIMAL + text), environ={"KYC_URL": "sqlite:///x.db"})
+    assert str(info.value).startswith("sources[0].url: secrets may not be written")
+    assert "inline.db" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "IDPASS_ARCHIVER_API__TOKEN",
+        "IDPASS_ARCHIVER_STORAGE__SSE_CUSTOMER_KEY",
+        "IDPASS_ARCHIVER_CATALOG__KEY",
+        "IDPASS_ARCHIVER_SIGNING__KEY",
+    ],
+)
+def test_a_secret_set_as_an_override_is_refused(tmp_path, name):
+    """A secret is not an override: ``IDPASS_ARCHIVER_STORAGE__SSE_CUSTOMER_KEY`` used to
+    be silently dropped; each is refused, naming the variable the secret comes from."""
+    env = {name: "override-secret-value", "IDPASS_ARCHIVER_SSE_CUSTOMER_KEY": SSE_C_KEY}
+    with pytest.raises(ConfigError) as info:
+        config.load(_write(tmp_path, SSE_C), environ=env)
+    message = str(info.value)
+    assert message.startswith(f"{name}: secrets are not overrides")
+    assert "override-secret-value" not in message
+
+
+# (section, field, the variable, the *_file key as an override)
+SECRETS_FROM_ENV_OR_FILE = [
+    ("api", "token", "IDPASS_ARCHIVER_API_TOKEN", "IDPASS_ARCHIVER_API__TOKEN_FILE"),
+    (
+        "storage",
+        "sse_customer_key",
+        "IDPASS_ARCHIVER_SSE_CUSTOMER_KEY",
+        "IDPASS_ARCHIVER_STORAGE__SSE_CUSTOMER_KEY_FILE",
+    ),
+    ("catalog", "key", "IDPASS_ARCHIVER_CATALOG_KEY", "IDPASS_ARCHIVER_CATALOG__KEY_FILE"),
+    ("signing", "key", "IDPASS_ARCHIVER_SIGNING_KEY", "IDPASS_ARCHIVER_SIGNING__KEY_FILE"),
+]
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "variable", "file_override"), SECRETS_FROM_ENV_OR_FILE
+)
+def test_a_secret_comes_from_its_variable_else_its_file(
+    tmp_path, section, field, variable, file_override
+):
+    """Each secret is read from its variable when set and not empty, else from the file
+    named by its ``*_file`` key (stripped); without either it is unset."""
+    secret_file = tmp_path / "secret"
+    other = base64.b64encode(b"f" * 32).decode()
+    secret_file.write_text(other + "\n")
+    path = _write(tmp_path, MINIMAL)
+    base = {"IDPASS_ARCHIVER_SSE_CUSTOMER_KEY": SSE_C_KEY} if section != "storage" else {}
+
+    def value(env: dict[str, str]) -> str | None:
+        secret = getattr(getattr(config.load(path, environ={**base, **env}), section), field)
+        return None if secret is None else secret.get_secret_value()
+
+    both = {variable: SSE_C_KEY, file_override: str(secret_file)}
+    assert value(both) == SSE_C_KEY
+    assert value({variable: "", file_override: str(secret_file)}) == other
+    assert value({file_override: str(secret_file)}) == other
+    if section != "storage":
+        assert value({}) is None
+
+
+def test_a_missing_secret_file_names_its_key(tmp_path):
+    env = {"IDPASS_ARCHIVER_SIGNING__KEY_FILE": str(tmp_path / "nope.pem")}
+    with pytest.raises(ConfigError, match=r"^signing\.key_file: cannot read secret file"):
+        config.load(_write(tmp_path, MINIMAL), environ=env)
+
+
+def test_catalog_url_file_replaces_the_url(tmp_path):
+    """catalog.url may be written in the file; catalog.url_file replaces it."""
+    url_file = tmp_path / "url"
+    url_file.write_text("sqlite:///from-file.db\n")
+    path = _write(tmp_path, MINIMAL + '\n[catalog]\nurl = "sqlite:///inline.db"\n')
+    assert config.load(path, environ={}).catalog.url == "sqlite:///inline.db"
+    env = {"IDPASS_ARCHIVER_CATALOG__URL_FILE": str(url_file)}
+    assert config.load(path, environ=env).catalog.url == "sqlite:///from-file.db"
+
+
+def _models(annotation: object) -> list[type[BaseModel]]:
+    """The settings models a field holds (``X | None``, ``tuple[A | B, ...]``: each)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models(arg)]
+
+
+def test_every_secret_field_is_in_the_table():
+    """A field kept out of dumps as a SecretStr is a secret: it has a row in
+    config.SECRETS, so it is resolved and refused like the others."""
+    found = {
+        (section, key)
+        for section, field in config.Settings.model_fields.items()
+        for model in _models(field.annotation)
+        for key, inner in model.model_fields.items()
+        if inner.exclude and SecretStr in typing.get_args(inner.annotation)
+    }
+    table = {(s.section, s.key) for s in config.SECRETS if not s.inline}
+    assert found == table
+    assert ("storage", "sse_customer_key") in found
+
+
+# -- removed keys --------------------------------------------------------------------
+
+
+def test_pipeline_batch_size_is_refused_as_removed(tmp_path):
+    """pipeline.batch_size never had any effect and was removed: a file (or an override)
+    that still sets it is told so, by name, rather than with "unknown key"."""
+    for text, env in (
+        (MINIMAL + "\n[pipeline]\nbatch_size = 500\n", {}),
+        (MINIMAL, {"IDPASS_ARCHIVER_PIPELINE__BATCH_SIZE": "500"}),
+    ):
+        with pytest.raises(ConfigError) as info:
+            config.load(_write(tmp_path, text), environ=env)
+        assert str(info.value).startswith(
+            "pipeline.batch_size: this key was removed because it never had any effect"
+        )
+
+
+def test_a_removed_key_is_a_configuration_error_on_the_command_line(tmp_path):
+    """The command says so in one line and exits 2 (usage), with no traceback."""
+    catalog = f'\n[catalog]\nurl = "sqlite:///{tmp_path / "catalog.db"}"\n'
+    path = _write(tmp_path, MINIMAL + catalog + "\n[pipeline]\nbatch_size = 500\n")
+    proc = run_cli(["status", "--config", str(path)])
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "idpass-archiver: configuration error: pipeline.batch_size: this key was removed "
+        "because it never had any effect (how many passes a worker claims at a time follows "
+        "api.concurrency and pipeline.concurrency): delete it"
+    )

@@ -33,9 +33,7 @@ from archiver.idpass import crypto
 from archiver.idpass.models import (
     ENVELOPE_FIELD,
     IMAGES_FIELD,
-    CancelResult,
     PassDetails,
-    RegisterResult,
     is_envelope,
     unwrap,
 )
@@ -105,6 +103,12 @@ class IdPassClient:
         verify_tls: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """The timeouts, the connection limit and TLS verification are the transport's
+        (:class:`~archiver.idpass.transport.Urllib3Transport`), and only its: httpx
+        ignores its own ``limits`` and ``verify`` when it is given a transport, and
+        passes its ``timeout`` to a transport that does not read it. ``transport``
+        replaces the urllib3 one, and with it these four settings (tests give an
+        ``httpx.MockTransport``)."""
         if transport is None:
             transport = Urllib3Transport(
                 max_connections=max_connections,
@@ -120,11 +124,9 @@ class IdPassClient:
                 "Accept": "application/json",
                 "Content-Type": "application/json",
             },
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            verify=verify_tls,
+            # No timeout of httpx's: its default (5 s) would travel with every request
+            # to the transport, which applies its own and never reads this one.
+            timeout=None,  # noqa: S113 - the transport's timeouts apply
             transport=transport,
         )
 
@@ -141,9 +143,6 @@ class IdPassClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-    async def _post(self, path: str, body: dict[str, Any], pass_id: str | None) -> Any:
-        return (await self._post_sized(path, body, pass_id))[0]
 
     async def _post_sized(
         self,
@@ -231,22 +230,6 @@ class IdPassClient:
         doc, size = await self._post_sized("/idpass/details", body, pass_id, body_slot)
         read = parse_details(doc, pass_id, decrypt_locally_with=decrypt_locally_with)
         return dataclasses.replace(read, response_bytes=size)
-
-    async def register(self, **fields: Any) -> RegisterResult:
-        doc = await self._post("/idpass/register", fields, None)
-        try:
-            return RegisterResult.model_validate(doc)
-        except ValidationError:
-            raise ApiMalformedResponse("/idpass/register: unexpected response shape") from None
-
-    async def cancel(self, pass_id: str) -> CancelResult:
-        doc = await self._post("/idpass/cancel", {"id": pass_id}, pass_id)
-        try:
-            return CancelResult.model_validate(doc)
-        except ValidationError:
-            raise ApiMalformedResponse(
-                "/idpass/cancel: unexpected response shape", pass_id=pass_id
-            ) from None
 
 
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])

@@ -1,7 +1,7 @@
 """An httpx transport that moves the bytes with urllib3, in threads.
 
-The archiver speaks to the ID Pass API through :class:`httpx.AsyncClient` (its API, its
-timeouts, and ``httpx.MockTransport`` in tests), but a details response is several MB
+The archiver speaks to the ID Pass API through :class:`httpx.AsyncClient` (its API, and
+``httpx.MockTransport`` in tests), but a details response is several MB
 of JSON, and httpx's own transport reads a body 64 KiB at a time, each chunk passing
 through anyio's timeout and cancellation machinery under the GIL. Measured on the
 benchmark's 50 responses (364 MB, concurrency 6, loopback, same machine and run):
@@ -74,6 +74,10 @@ BODY_SLOT = "archiver.body_slot"
 
 
 class Urllib3Transport(httpx.AsyncBaseTransport):
+    """The one place where the connect and read timeouts, the number of connections
+    and TLS verification apply: the :class:`httpx.AsyncClient` around it is given no
+    timeout, limits or verify of its own (with a transport, httpx ignores them)."""
+
     def __init__(
         self,
         *,

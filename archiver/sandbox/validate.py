@@ -1,4 +1,4 @@
-"""Request-body validation for the sandbox: every rule of API.md about inputs.
+"""Request-body validation for the sandbox: every rule the ID Pass API has about inputs.
 
 Each helper raises :class:`~archiver.sandbox.state.SandboxError` (400) naming the
 field and the rule, never echoing the value, which may be personal data. Unknown
@@ -236,9 +236,9 @@ def _public_path(path: object, name: str) -> str:
     return path
 
 
-def parse_fault_rates(body: dict[str, Any]) -> FaultRates:
-    """``{"rates": {kind: probability}, "seed", "latency_seconds", "retry_after",
-    "paths"}``: see :class:`~archiver.sandbox.state.FaultRates`."""
+def _rate_probabilities(body: dict[str, Any]) -> dict[str, float]:
+    """``rates``: a probability for each kind named (known kinds only), adding up to 1
+    at most."""
     rates = body.get("rates")
     if not isinstance(rates, dict) or not rates:
         raise bad("rates", f"is required: an object of probabilities for {', '.join(RATE_KINDS)}")
@@ -252,29 +252,55 @@ def parse_fault_rates(body: dict[str, Any]) -> FaultRates:
         parsed[kind] = value
     if sum(parsed.values()) > 1 + 1e-9:
         raise bad("rates", "the probabilities add up to more than 1")
+    return parsed
+
+
+def _opt_seed(body: dict[str, Any]) -> int | None:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise bad("seed", "must be an integer")
+    return seed
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _latency_range(body: dict[str, Any]) -> tuple[float, float]:
+    """``latency_seconds``: seconds, or ``[low, high]``, between 0 and 600 (default 1)."""
     latency = body.get("latency_seconds", 1.0)
-    if isinstance(latency, int | float) and not isinstance(latency, bool):
+    if _is_seconds(latency):
         latency = [latency, latency]
     if (
         not isinstance(latency, list)
         or len(latency) != 2
-        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in latency)
+        or not all(_is_seconds(x) for x in latency)
         or not 0 <= latency[0] <= latency[1] <= 600
     ):
         raise bad("latency_seconds", "must be seconds, or [low, high], between 0 and 600")
-    retry_after = opt_number(body, "retry_after", 0, 86_400) if "retry_after" in body else 1.0
+    return float(latency[0]), float(latency[1])
+
+
+def _opt_paths(body: dict[str, Any]) -> tuple[str, ...] | None:
     paths = body.get("paths")
-    if paths is not None:
-        if not isinstance(paths, list) or not paths:
-            raise bad("paths", "must be a non-empty list of public routes")
-        paths = tuple(_public_path(p, "paths") for p in paths)
+    if paths is None:
+        return None
+    if not isinstance(paths, list) or not paths:
+        raise bad("paths", "must be a non-empty list of public routes")
+    return tuple(_public_path(p, "paths") for p in paths)
+
+
+def parse_fault_rates(body: dict[str, Any]) -> FaultRates:
+    """``{"rates": {kind: probability}, "seed", "latency_seconds", "retry_after",
+    "paths"}``: see :class:`~archiver.sandbox.state.FaultRates`."""
+    rates = _rate_probabilities(body)
+    seed = _opt_seed(body)
+    latency = _latency_range(body)
+    retry_after = opt_number(body, "retry_after", 0, 86_400) if "retry_after" in body else 1.0
     return FaultRates(
-        rates=parsed,
+        rates=rates,
         seed=seed,
-        latency_seconds=(float(latency[0]), float(latency[1])),
+        latency_seconds=latency,
         retry_after=retry_after,
-        paths=paths,
+        paths=_opt_paths(body),
     )

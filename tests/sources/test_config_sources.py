@@ -83,7 +83,11 @@ def test_file_source_loads(tmp_path):
         (_sql(url_file="/run/x"), {"KYC_URL": URL}, "sources[0].url_env: give exactly one"),
         (_sql(), {}, "sources[0].url_env: environment variable KYC_URL is not set"),
         (_sql(url_env=None, url_file="/nonexistent/u"), {}, "sources[0].url_file: cannot read"),
-        (_sql(url="sqlite:///x.db"), {"KYC_URL": URL}, "sources[0].url: a source URL holds"),
+        (
+            _sql(url="sqlite:///x.db"),
+            {"KYC_URL": URL},
+            "sources[0].url: secrets may not be written",
+        ),
         (_sql() + _sql(), {"KYC_URL": URL}, "sources[1].name: source name 'kyc' is already"),
         (_sql(query="SELECT * FROM p"), {"KYC_URL": URL}, "sources[0].query: the query must bind"),
         (
