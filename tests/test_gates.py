@@ -31,3 +31,11 @@ def test_mypy_strict_on_archiver():
     """mypy --strict passes on the archiver package."""
     proc = _run("mypy", "--no-incremental", "--cache-dir", "/dev/null")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_no_function_is_rated_d_or_worse_by_radon():
+    """radon's cyclomatic complexity: every function in archiver/ is rank C or better
+    (D starts at 21 branches: too many paths to read or test)."""
+    proc = _run("radon", "cc", "--min", "D", "--show-complexity", "archiver")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", "split these functions:\n" + proc.stdout

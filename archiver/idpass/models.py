@@ -116,21 +116,6 @@ class PassDetails(_Model):
         return self.status in TERMINAL_STATUSES
 
 
-class RegisterResult(_Model):
-    id: str
-    cipher_key: str = Field(repr=False)
-    link: str | None = None
-
-    _safe_repr = ("id",)
-
-
-class CancelResult(_Model):
-    status: str
-    fee_refunded: bool | None = None
-
-    _safe_repr = ("status", "fee_refunded")
-
-
 ENVELOPE_FIELD = "data"
 
 
