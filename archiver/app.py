@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import structlog
@@ -25,7 +25,7 @@ from archiver.catalog import Scope
 from archiver.catalog.keys import KeySealer
 from archiver.catalog.sql import SqlCatalog
 from archiver.clock import Clock, SystemClock
-from archiver.config import Settings
+from archiver.config import ApiSettings, Settings
 from archiver.core.format import (
     JSON_TYPE,
     OCTET_TYPE,
@@ -46,6 +46,10 @@ from archiver.retry import RetryingReader
 from archiver.scheduler import make_trigger
 from archiver.store import ObjectStore
 
+if TYPE_CHECKING:
+    from archiver.sources.sync import SourceReport
+    from archiver.store.s3 import S3Store
+
 
 def open_catalog(settings: Settings) -> SqlCatalog:
     key = settings.catalog.key
@@ -53,7 +57,8 @@ def open_catalog(settings: Settings) -> SqlCatalog:
     return SqlCatalog(settings.catalog.url, sealer=sealer)
 
 
-def open_store(settings: Settings, credentials: tuple[str, str] | None = None) -> ObjectStore:
+def open_store(settings: Settings, credentials: tuple[str, str] | None = None) -> S3Store:
+    """The configured S3 store; the caller closes it (``close()``, or ``with``)."""
     from archiver.store.s3 import S3Store
 
     return S3Store(settings.storage, credentials=credentials)
@@ -87,6 +92,8 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
 
 @dataclass
 class Runtime:
+    """What a cycle runs against: the settings, the open catalog and store, a clock."""
+
     settings: Settings
     catalog: SqlCatalog
     store: ObjectStore
@@ -100,9 +107,12 @@ def runtime(
     credentials: tuple[str, str] | None = None,
     clock: Clock | None = None,
 ) -> Iterator[Runtime]:
+    """The configured catalog and store, open for the ``with`` block and closed after
+    it. (The CLI opens them through its command context instead.)"""
     catalog = open_catalog(settings)
     try:
-        yield Runtime(settings, catalog, open_store(settings, credentials), clock or SystemClock())
+        with open_store(settings, credentials) as store:
+            yield Runtime(settings, catalog, store, clock or SystemClock())
     finally:
         catalog.close()
 
@@ -166,8 +176,14 @@ async def run_cycle(
     scope: Scope | None = None,
     key_lookup: Callable[[str, str], str | None] | None = None,
     exclusive: bool = False,
+    sources: Sequence[SourceReport] = (),
 ) -> RunSummary:
-    """One archival cycle against the configured API and bucket.
+    """One archival cycle against the configured API and bucket, recorded: unless a
+    dry run, the signed run manifest is stored and the run entered in the catalog.
+
+    ``sources`` are the reports of the source sync that preceded the cycle; they are
+    part of the summary before it is recorded, so the exit code in the run manifest
+    and the catalog is the run's (:attr:`RunSummary.exit_code`).
 
     SIGTERM/SIGINT (when called from the main thread) or ``stop`` being set: no new
     passes start, those in flight get ``schedule.stop_grace_seconds`` to finish, and
@@ -175,26 +191,7 @@ async def run_cycle(
     """
     s = rt.settings
     api_settings = s.require_api()
-    token = api_settings.token
-    if token is None and not dry_run:
-        raise ConfigError(
-            "no API token: set IDPASS_ARCHIVER_API_TOKEN or api.token_file", key="api.token"
-        )
-    signer = load_signer(s)
-    for section, verify in (("api", api_settings.verify_tls), ("storage", s.storage.verify_tls)):
-        if not verify:
-            structlog.get_logger("archiver.app").warning(
-                "tls_verification_off",
-                setting=f"{section}.verify_tls",
-                note="certificates are not checked: for test beds only",
-            )
-    if exclusive and not dry_run:
-        # We hold the SQLite run lock: any lease left is from a run that died.
-        released = rt.catalog.release_all_leases()
-        if released:
-            structlog.get_logger("archiver.app").warning("stale_leases_released", count=released)
-    if not dry_run:
-        publish_public_key(rt.store, Layout(s.storage.clean_prefix), signer)
+    signer = _prepare(rt, api_settings, dry_run=dry_run, exclusive=exclusive)
     stop = stop or threading.Event()
     options = dataclasses.replace(
         pipeline_options(s),
@@ -202,77 +199,138 @@ async def run_cycle(
         requests=api_settings.concurrency,  # as many as the client has connections
     )
     rate = api_settings.requests_per_second if requests_per_second is None else requests_per_second
-    loop = asyncio.get_running_loop()
+    token = api_settings.token
+    with (
+        _stop_on_signals(asyncio.get_running_loop(), stop),
+        ThreadPoolExecutor(
+            max_workers=s.storage.upload_threads, thread_name_prefix="archiver-io"
+        ) as executor,
+    ):
+        async with IdPassClient(
+            api_settings.base_url,
+            token.get_secret_value() if token else "",
+            connect_timeout=api_settings.connect_timeout_seconds,
+            read_timeout=api_settings.read_timeout_seconds,
+            max_connections=api_settings.concurrency,
+            verify_tls=api_settings.verify_tls,
+        ) as client:
+            pipeline = Pipeline(
+                api=_reader(client, api_settings, rate),
+                store=rt.store,
+                catalog=rt.catalog,
+                layout=Layout(s.storage.clean_prefix),
+                options=options,
+                clock=rt.clock,
+                executor=executor,
+                signer=signer,
+                age_recipients=age_recipients(s),
+                key_lookup=key_lookup,
+                on_result=on_result,
+            )
+            summary = await _run_until_stopped(
+                pipeline,
+                stop,
+                s.schedule.stop_grace_seconds,
+                limit=limit,
+                pass_ids=pass_ids,
+                dry_run=dry_run,
+                scope=scope,
+            )
+    summary.sources = [r.to_json() for r in sources]
+    if not dry_run:
+        _record(rt, signer, summary)
+    return summary
+
+
+def _prepare(rt: Runtime, api: ApiSettings, *, dry_run: bool, exclusive: bool) -> Signer:
+    """Checks and chores before a cycle; the signer of its manifests."""
+    s = rt.settings
+    if api.token is None and not dry_run:
+        raise ConfigError(
+            "no API token: set IDPASS_ARCHIVER_API_TOKEN or api.token_file", key="api.token"
+        )
+    signer = load_signer(s)
+    log = structlog.get_logger("archiver.app")
+    for section, verify in (("api", api.verify_tls), ("storage", s.storage.verify_tls)):
+        if not verify:
+            log.warning(
+                "tls_verification_off",
+                setting=f"{section}.verify_tls",
+                note="certificates are not checked: for test beds only",
+            )
+    if dry_run:
+        return signer
+    if exclusive:
+        # We hold the SQLite run lock: any lease left is from a run that died.
+        released = rt.catalog.release_all_leases()
+        if released:
+            log.warning("stale_leases_released", count=released)
+    publish_public_key(rt.store, Layout(s.storage.clean_prefix), signer)
+    return signer
+
+
+@contextmanager
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` while the block runs (from the main thread only:
+    elsewhere, as in ``schedule``'s cycles, the caller owns the signals)."""
     handled: list[signal.Signals] = []
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
     try:
-        with ThreadPoolExecutor(
-            max_workers=s.storage.upload_threads, thread_name_prefix="archiver-io"
-        ) as executor:
-            async with IdPassClient(
-                api_settings.base_url,
-                token.get_secret_value() if token else "",
-                connect_timeout=api_settings.connect_timeout_seconds,
-                read_timeout=api_settings.read_timeout_seconds,
-                max_connections=api_settings.concurrency,
-                verify_tls=api_settings.verify_tls,
-            ) as client:
-                api: DetailsReader = client
-                if rate:
-                    api = RateLimitedReader(api, AsyncRateLimiter(rate))
-                api = RetryingReader(
-                    api,
-                    attempts=api_settings.max_attempts,
-                    base=api_settings.retry_base_seconds,
-                    max_wait=api_settings.retry_max_wait_seconds,
-                )
-                pipeline = Pipeline(
-                    api=api,
-                    store=rt.store,
-                    catalog=rt.catalog,
-                    layout=Layout(s.storage.clean_prefix),
-                    options=options,
-                    clock=rt.clock,
-                    executor=executor,
-                    signer=signer,
-                    age_recipients=age_recipients(s),
-                    key_lookup=key_lookup,
-                    on_result=on_result,
-                )
-
-                async def watch() -> None:
-                    while not stop.is_set():
-                        await asyncio.sleep(0.1)
-                    pipeline.request_stop(grace=s.schedule.stop_grace_seconds)
-
-                watcher = asyncio.create_task(watch())
-                try:
-                    summary = await pipeline.run(
-                        limit=limit, pass_ids=pass_ids, dry_run=dry_run, scope=scope
-                    )
-                finally:
-                    watcher.cancel()
+        yield
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
-    if not dry_run:
-        assert summary.finished_at is not None
-        key, digest = write_run_manifest(rt, signer, summary)
-        summary.run_manifest_key = key
-        rt.catalog.record_run(
-            summary.run_id,
-            summary.started_at,
-            summary.finished_at,
-            summary.exit_code,
-            summary.to_json(),
-            worker_id=summary.worker_id,
-            manifest_key=key,
-            manifest_sha256=digest,
-        )
+
+
+def _reader(client: IdPassClient, api: ApiSettings, rate: float | None) -> DetailsReader:
+    """The client as the pipeline reads it: rate-limited (when ``rate``), retrying."""
+    reader: DetailsReader = client
+    if rate:
+        reader = RateLimitedReader(reader, AsyncRateLimiter(rate))
+    return RetryingReader(
+        reader,
+        attempts=api.max_attempts,
+        base=api.retry_base_seconds,
+        max_wait=api.retry_max_wait_seconds,
+    )
+
+
+async def _run_until_stopped(
+    pipeline: Pipeline, stop: threading.Event, grace: float, **run: Any
+) -> RunSummary:
+    """``pipeline.run(**run)``, asked to stop (with ``grace``) once ``stop`` is set."""
+
+    async def watch() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        pipeline.request_stop(grace=grace)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        summary: RunSummary = await pipeline.run(**run)
+    finally:
+        watcher.cancel()
     return summary
+
+
+def _record(rt: Runtime, signer: Signer, summary: RunSummary) -> None:
+    """Store the signed run manifest, then enter the run in the catalog."""
+    assert summary.finished_at is not None
+    key, digest = write_run_manifest(rt, signer, summary)
+    summary.run_manifest_key = key
+    rt.catalog.record_run(
+        summary.run_id,
+        summary.started_at,
+        summary.finished_at,
+        summary.exit_code,
+        summary.to_json(),
+        worker_id=summary.worker_id,
+        manifest_key=key,
+        manifest_sha256=digest,
+    )
 
 
 def age_recipients(settings: Settings) -> list[Any]:

@@ -1,8 +1,14 @@
 """The command line: a thin shell that parses, configures, calls, and sets the exit code.
 
+Every command starts from a :class:`CommandContext` (settings, logging, the catalog and
+the store opened on first use, everything closed at the end); ``run``, ``backfill`` and
+each tick of ``schedule`` are one function, :func:`_archive`. A run's exit code is its
+summary's (:attr:`archiver.results.RunSummary.exit_code`).
+
 Exit codes (README, "Exit codes"):
   0  all due work done
-  1  some passes failed or are waiting to retry
+  1  some passes failed or are waiting to retry (or a source failed to sync, or the
+     run stopped early)
   2  usage or configuration error
   3  systemic failure (API auth, storage unreachable or refusing, catalog)
   4  passes expired without being archived (compliance alarm)
@@ -12,12 +18,12 @@ Exit codes (README, "Exit codes"):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +37,11 @@ from archiver.errors import AlreadyRunning, ArchiverError, ConfigError
 from archiver.results import EXIT_INCOMPLETE, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, RunSummary
 
 if TYPE_CHECKING:
-    from archiver.catalog import PassUpsert, UpsertStats
+    from archiver.app import Runtime
+    from archiver.catalog import Scope
+    from archiver.catalog.sql import SqlCatalog
+    from archiver.progress import Progress
+    from archiver.store.s3 import S3Store
 
 EXIT_ALREADY_RUNNING = 5
 
@@ -236,84 +246,221 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(settings: config_mod.Settings | None, args: argparse.Namespace) -> None:
-    from archiver.logging import configure
+class CommandContext:
+    """What every command works with: its arguments, the settings loaded from
+    ``--config``, logging configured, and the catalog and the store, each opened the
+    first time a command asks for it and closed when the command ends::
 
-    level = settings.logging.level if settings else "info"
-    fmt = settings.logging.format if settings else "auto"
-    # With --json the machine-readable result owns stdout; logs go to stderr.
-    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
-    configure(level, fmt, stream)
+        with CommandContext(args) as ctx:
+            ctx.catalog.counts()
+
+    Logs go to stdout, or to stderr when ``--json`` (or ``logs_to_stderr``, for a
+    command whose output may own stdout) leaves stdout to the result. A
+    configuration, catalog or store error propagates as the ArchiverError it is, and
+    :func:`main` turns it into its exit code.
+    """
+
+    def __init__(self, args: argparse.Namespace, *, logs_to_stderr: bool = False) -> None:
+        from archiver.clock import SystemClock
+        from archiver.logging import configure
+
+        self.args = args
+        self.settings = config_mod.load(args.config)
+        to_stderr = logs_to_stderr or getattr(args, "json", False)
+        configure(
+            self.settings.logging.level,
+            self.settings.logging.format,
+            sys.stderr if to_stderr else sys.stdout,
+        )
+        self.log = structlog.get_logger("archiver.cli")
+        self.clock = SystemClock()
+        self._closing = ExitStack()
+        self._catalog: SqlCatalog | None = None
+        self._store: S3Store | None = None
+
+    @property
+    def catalog(self) -> SqlCatalog:
+        """The configured catalog, opened on first use."""
+        if self._catalog is None:
+            from archiver.app import open_catalog
+
+            self._catalog = self._closing.enter_context(closing(open_catalog(self.settings)))
+        return self._catalog
+
+    @property
+    def store(self) -> S3Store:
+        """The configured archive store, opened on first use."""
+        if self._store is None:
+            from archiver.app import open_store
+
+            self._store = self._closing.enter_context(open_store(self.settings))
+        return self._store
+
+    def runtime(self) -> Runtime:
+        """What a cycle runs against: the settings, the catalog, the store, the clock."""
+        from archiver.app import Runtime
+
+        return Runtime(self.settings, self.catalog, self.store, self.clock)
+
+    def close(self) -> None:
+        """Close whatever was opened (the store, then the catalog)."""
+        self._closing.close()
+
+    def __enter__(self) -> CommandContext:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _print_json(doc: Any) -> None:
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from archiver.app import run_cycle_sync, run_lock, runtime
-    from archiver.sources.file import normalise_pass_id
+def _archive(
+    ctx: CommandContext,
+    *,
+    sync: bool,
+    limit: int | None = None,
+    pass_ids: Sequence[str] | None = None,
+    dry_run: bool = False,
+    scope: Scope | None = None,
+    requests_per_second: float | None = None,
+    stop: threading.Event | None = None,
+    prepare: Callable[[Runtime], Progress] | None = None,
+) -> RunSummary:
+    """The one archival cycle behind ``run``, ``backfill`` and each tick of ``schedule``.
+
+    Take the run lock; sync the configured sources (when ``sync``); then, with
+    ``prepare(runtime)`` (if given) making the progress that watches each pass, run
+    the pipeline (:func:`archiver.app.run_cycle`), which stores the signed run
+    manifest and records the run in the catalog, both with the sources' reports in
+    the summary; last, log the summary and publish the metrics. The returned
+    summary's :attr:`~archiver.results.RunSummary.exit_code` is the command's.
+    """
+    from archiver.app import run_cycle_sync, run_lock
     from archiver.sources.sync import SourcePool, sync_sources
 
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit must be at least 1")
-    pass_ids = None
-    if args.pass_ids:
-        try:
-            pass_ids = [normalise_pass_id(p) for p in args.pass_ids]
-        except ValueError as exc:
-            raise ConfigError(f"--pass: {exc}") from None
-    with run_lock(settings) as exclusive, runtime(settings) as rt, SourcePool(settings) as pool:
+    settings = ctx.settings
+    with run_lock(settings) as exclusive, SourcePool(settings) as pool:
+        rt = ctx.runtime()
         settle_gc()
         reports = []
-        if settings.sources and not args.dry_run and not args.no_sync:
+        if sync and settings.sources:
             reports = sync_sources(settings, rt.catalog, pool=pool, clock=rt.clock)
-        summary = run_cycle_sync(
-            rt,
+        progress = prepare(rt) if prepare is not None else None
+        try:
+            summary = run_cycle_sync(
+                rt,
+                limit=limit,
+                pass_ids=pass_ids,
+                dry_run=dry_run,
+                scope=scope,
+                requests_per_second=requests_per_second,
+                stop=stop,
+                on_result=progress,
+                key_lookup=pool,
+                exclusive=exclusive,
+                sources=reports,
+            )
+        finally:
+            if progress is not None:
+                progress.close()
+    _publish_run(ctx, summary)
+    return summary
+
+
+def _publish_run(ctx: CommandContext, summary: RunSummary) -> None:
+    """Log the finished run, and publish its metrics (when ``[metrics]`` has a target)."""
+    doc = summary.to_json()
+    ctx.log.info(
+        "run_finished",
+        **{
+            k: v
+            for k, v in doc.items()
+            if k not in ("planned", "failed", "expired_ids", "at_risk_passes", "images")
+        },
+        # not `images`: the log redactor masks fields of that name (image data)
+        image_count=doc["images"],
+        failed_count=len(doc["failed"]),
+    )
+    # Prometheus metrics; a failure is logged, never raised. prometheus_client is
+    # imported only when a target is set (17 ms of every run's start-up otherwise).
+    if ctx.settings.metrics.enabled:
+        from archiver.metrics import publish
+
+        publish(summary, ctx.settings, command=getattr(ctx.args, "command", None))
+
+
+def _print_run(summary: RunSummary, args: argparse.Namespace) -> None:
+    """The summary as JSON (``--json``), or a dry run's plan; a real run prints nothing
+    else (its log says what it did)."""
+    if args.json:
+        _print_json(summary.to_json())
+    elif summary.dry_run:
+        for item in summary.planned:
+            print(
+                f"would archive {item['pass_id']} (deadline {item['deadline'] or 'unknown'}) "
+                f"under {item['would_write_under']}"
+            )
+        print(f"{len(summary.planned)} passes due; nothing written (dry run)")
+
+
+def _pass_ids(values: Sequence[str] | None) -> list[str] | None:
+    """``--pass`` ids, normalised; a bad one is a usage error."""
+    from archiver.sources.file import normalise_pass_id
+
+    if not values:
+        return None
+    try:
+        return [normalise_pass_id(p) for p in values]
+    except ValueError as exc:
+        raise ConfigError(f"--pass: {exc}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with CommandContext(args) as ctx:
+        if args.limit is not None and args.limit < 1:
+            raise ConfigError("--limit must be at least 1")
+        summary = _archive(
+            ctx,
+            sync=not args.dry_run and not args.no_sync,
             limit=args.limit,
-            pass_ids=pass_ids,
+            pass_ids=_pass_ids(args.pass_ids),
             dry_run=args.dry_run,
-            key_lookup=pool,
-            exclusive=exclusive,
         )
-    summary.sources = [r.to_json() for r in reports]
-    _report_run(summary, args, settings)
-    if summary.exit_code == EXIT_OK and not all(r.ok for r in reports):
-        return EXIT_INCOMPLETE
+    _print_run(summary, args)
     return summary.exit_code
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from archiver.app import open_catalog
     from archiver.sources.sync import SourcePool, sync_sources
 
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
-    if not settings.sources:
-        raise ConfigError("no [[sources]] are configured", key="sources")
-    catalog = open_catalog(settings)
-    try:
-        with SourcePool(settings) as pool:
-            reports = sync_sources(settings, catalog, only=args.source, pool=pool)
-    finally:
-        catalog.close()
+    with CommandContext(args) as ctx:
+        if not ctx.settings.sources:
+            raise ConfigError("no [[sources]] are configured", key="sources")
+        with SourcePool(ctx.settings) as pool:
+            reports = sync_sources(ctx.settings, ctx.catalog, only=args.source, pool=pool)
+    docs = [r.to_json() for r in reports]
     if args.json:
-        _print_json({"sources": [r.to_json() for r in reports]})
+        _print_json({"sources": docs})
     else:
-        for r in reports:
-            doc = r.to_json()
-            print(
-                f"{doc['name']} ({doc['kind']}): read {doc['read']}, {doc['added']} new, "
-                f"{doc['updated']} updated, {doc['unchanged']} unchanged, "
-                f"{doc['rejected']} rejected, watermark {doc.get('watermark_after') or '-'}"
-                + (f", FAILED: {doc['error']}" if doc.get("error") else "")
-            )
-            for rej in doc.get("rejections", []):
-                print(f"  {doc['name']} row {rej['row']}: {rej['reason']}", file=sys.stderr)
-    ok = all(r.ok and not r.to_json()["rejected"] for r in reports)
+        _print_sync(docs)
+    ok = all(r.ok and not doc["rejected"] for r, doc in zip(reports, docs, strict=True))
     return EXIT_OK if ok else EXIT_INCOMPLETE
+
+
+def _print_sync(docs: Sequence[dict[str, Any]]) -> None:
+    """One line per source on stdout, one per rejected row on stderr."""
+    for doc in docs:
+        print(
+            f"{doc['name']} ({doc['kind']}): read {doc['read']}, {doc['added']} new, "
+            f"{doc['updated']} updated, {doc['unchanged']} unchanged, "
+            f"{doc['rejected']} rejected, watermark {doc.get('watermark_after') or '-'}"
+            + (f", FAILED: {doc['error']}" if doc.get("error") else "")
+        )
+        for rej in doc.get("rejections", []):
+            print(f"  {doc['name']} row {rej['row']}: {rej['reason']}", file=sys.stderr)
 
 
 def _day(text: str) -> datetime:
@@ -336,63 +483,69 @@ def _day_end(text: str) -> datetime:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from archiver.app import run_cycle_sync, run_lock, runtime
-    from archiver.catalog import PassUpsert, Scope
-    from archiver.clock import SystemClock
+    from archiver.catalog import PassUpsert
     from archiver.progress import Progress
-    from archiver.sources.file import normalise_pass_id
-    from archiver.sources.sync import SourcePool
 
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
+    with CommandContext(args) as ctx:
+        scope = _backfill_scope(args, ctx.clock.now())
+        ids = scope.pass_ids
+
+        def prepare(rt: Runtime) -> Progress:
+            """Enqueue the listed ids, and count the work (under the run lock)."""
+            if ids:
+                rt.catalog.upsert(PassUpsert(pass_id=pid, source="backfill") for pid in ids)
+            total = rt.catalog.count_due(rt.clock.now(), scope)
+            ctx.log.info("backfill_started", total=total)
+            return Progress(total)
+
+        summary = _archive(
+            ctx,
+            sync=False,
+            scope=scope,
+            dry_run=args.dry_run,
+            limit=args.limit,
+            requests_per_second=args.rate,
+            prepare=prepare,
+        )
+    _print_run(summary, args)
+    return summary.exit_code
+
+
+def _backfill_scope(args: argparse.Namespace, now: datetime) -> Scope:
+    """What ``backfill`` archives: the date range, or the ids in ``--ids-file``."""
+    from archiver.catalog import Scope
+
     if args.ids_file is None and (args.completed_from is None or args.completed_to is None):
         raise ConfigError("backfill needs --completed-from and --completed-to, or --ids-file")
     if args.rate is not None and args.rate <= 0:
         raise ConfigError("--rate must be positive (requests per second)")
-    ids: tuple[str, ...] | None = None
-    if args.ids_file is not None:
-        try:
-            lines = args.ids_file.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {args.ids_file} ({exc.strerror})") from None
-        parsed, bad = [], []
-        for n, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                parsed.append(normalise_pass_id(line))
-            except ValueError as exc:
-                bad.append(f"line {n}: {exc}")
-        for b in bad:
-            print(f"  {args.ids_file}: {b}", file=sys.stderr)
-        ids = tuple(dict.fromkeys(parsed))
-    scope = Scope(
+    return Scope(
         completed_from=args.completed_from,
         completed_to=args.completed_to,
-        pass_ids=ids,
-        waive_backoff_before=SystemClock().now(),
+        pass_ids=_read_ids_file(args.ids_file) if args.ids_file is not None else None,
+        waive_backoff_before=now,
     )
-    with run_lock(settings) as exclusive, runtime(settings) as rt, SourcePool(settings) as pool:
-        if ids:
-            rt.catalog.upsert(PassUpsert(pass_id=pid, source="backfill") for pid in ids)
-        total = rt.catalog.count_due(SystemClock().now(), scope)
-        progress = Progress(total)
-        structlog.get_logger("archiver.cli").info("backfill_started", total=total)
+
+
+def _read_ids_file(path: Path) -> tuple[str, ...]:
+    """The distinct pass ids of a file, one per line; bad lines are reported on stderr."""
+    from archiver.sources.file import normalise_pass_id
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror})") from None
+    parsed, bad = [], []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
-            summary = run_cycle_sync(
-                rt,
-                scope=scope,
-                dry_run=args.dry_run,
-                limit=args.limit,
-                requests_per_second=args.rate,
-                on_result=progress,
-                key_lookup=pool,
-                exclusive=exclusive,
-            )
-        finally:
-            progress.close()
-    _report_run(summary, args, settings)
-    return summary.exit_code
+            parsed.append(normalise_pass_id(line))
+        except ValueError as exc:
+            bad.append(f"line {n}: {exc}")
+    for b in bad:
+        print(f"  {path}: {b}", file=sys.stderr)
+    return tuple(dict.fromkeys(parsed))
 
 
 def _trusted_keys(settings: config_mod.Settings, extra: Sequence[str]) -> list[Any]:
@@ -424,26 +577,24 @@ def _trusted_keys(settings: config_mod.Settings, extra: Sequence[str]) -> list[A
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from archiver.app import open_store
     from archiver.core.format import Layout
     from archiver.export import export_pass, load_identities
     from archiver.sources.file import normalise_pass_id
 
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
-    try:
-        pid = normalise_pass_id(args.pass_id)
-    except ValueError as exc:
-        raise ConfigError(f"--pass: {exc}") from None
-    identities = load_identities(args.identity) if args.identity else []
-    files = export_pass(
-        open_store(settings),
-        Layout(settings.storage.clean_prefix),
-        pid,
-        _trusted_keys(settings, args.public_key),
-        identities,
-        args.to,
-    )
+    with CommandContext(args) as ctx:
+        try:
+            pid = normalise_pass_id(args.pass_id)
+        except ValueError as exc:
+            raise ConfigError(f"--pass: {exc}") from None
+        identities = load_identities(args.identity) if args.identity else []
+        files = export_pass(
+            ctx.store,
+            Layout(ctx.settings.storage.clean_prefix),
+            pid,
+            _trusted_keys(ctx.settings, args.public_key),
+            identities,
+            args.to,
+        )
     for f in files:
         print(f)
     print(f"exported {len(files)} files of pass {pid}, each checked against its signed manifest")
@@ -451,42 +602,40 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from archiver.app import open_store
     from archiver.core.format import Layout
     from archiver.export import load_identities
     from archiver.verify import VerifyScope, run_verify
 
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
-    trusted = _trusted_keys(settings, args.public_key)
-    identities = load_identities(args.identity) if args.identity else None
-    if args.sample is not None and not 0 < args.sample <= 100:
-        raise ConfigError("--sample must be a percentage in (0, 100]")
-    scope = VerifyScope(
-        pass_id=args.pass_id,
-        run_id=args.run,
-        since=args.since,
-        everything=args.all,
-        sample_percent=args.sample,
-        deep=args.deep,
-        seed=args.seed,
-    )
-    report = run_verify(
-        open_store(settings),
-        Layout(settings.storage.clean_prefix),
-        trusted,
-        scope,
-        require_lock=settings.object_lock.mode is not None,
-        identities=identities,
-    )
+    with CommandContext(args) as ctx:
+        trusted = _trusted_keys(ctx.settings, args.public_key)
+        identities = load_identities(args.identity) if args.identity else None
+        if args.sample is not None and not 0 < args.sample <= 100:
+            raise ConfigError("--sample must be a percentage in (0, 100]")
+        scope = VerifyScope(
+            pass_id=args.pass_id,
+            run_id=args.run,
+            since=args.since,
+            everything=args.all,
+            sample_percent=args.sample,
+            deep=args.deep,
+            seed=args.seed,
+        )
+        report = run_verify(
+            ctx.store,
+            Layout(ctx.settings.storage.clean_prefix),
+            trusted,
+            scope,
+            require_lock=ctx.settings.object_lock.mode is not None,
+            identities=identities,
+        )
+        ctx.log.info(
+            "verify_finished",
+            ok=report.ok,
+            passes_checked=report.passes_checked,
+            objects_checked=report.objects_checked,
+            findings=len(report.findings),
+        )
     doc = report.to_json()
-    structlog.get_logger("archiver.cli").info(
-        "verify_finished",
-        ok=report.ok,
-        passes_checked=report.passes_checked,
-        objects_checked=report.objects_checked,
-        findings=len(report.findings),
-    )
     if args.json:
         _print_json(doc)
     else:
@@ -502,14 +651,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from archiver.clock import SystemClock
     from archiver.doctor import run_doctor
-    from archiver.store.s3 import S3Store
 
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
-    with S3Store(settings.storage) as store:
-        checks = run_doctor(settings, store, SystemClock())
+    with CommandContext(args) as ctx:
+        checks = run_doctor(ctx.settings, ctx.store, ctx.clock)
     ok = all(c.ok for c in checks)
     if args.json:
         _print_json({"ok": ok, "checks": [c.to_json() for c in checks]})
@@ -521,60 +666,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from archiver.app import run_cycle, run_lock, runtime
+    """Every tick runs :func:`_archive` as ``run`` would (sources synced first), with
+    the process's catalog and store, open until it stops."""
     from archiver.scheduler import serve
-    from archiver.sources.sync import SourcePool, sync_sources
 
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
-
-    def cycle(stop: threading.Event) -> None:
-        with run_lock(settings) as exclusive, runtime(settings) as rt, SourcePool(settings) as pool:
-            if settings.sources:
-                sync_sources(settings, rt.catalog, pool=pool, clock=rt.clock)
-            summary = asyncio.run(run_cycle(rt, stop=stop, key_lookup=pool, exclusive=exclusive))
-        _report_run(summary, args, settings)
-
-    sched = settings.schedule
-    return serve(
-        cron=sched.cron,
-        timezone=sched.timezone,
-        misfire_grace_seconds=sched.misfire_grace_seconds,
-        cycle=cycle,
-    )
-
-
-def _report_run(
-    summary: RunSummary, args: argparse.Namespace, settings: config_mod.Settings | None = None
-) -> None:
-    doc = summary.to_json()
-    log = structlog.get_logger("archiver.cli")
-    log.info(
-        "run_finished",
-        **{
-            k: v
-            for k, v in doc.items()
-            if k not in ("planned", "failed", "expired_ids", "at_risk_passes", "images")
-        },
-        # not `images`: the log redactor masks fields of that name (image data)
-        image_count=doc["images"],
-        failed_count=len(doc["failed"]),
-    )
-    # Prometheus metrics; a failure is logged, never raised. prometheus_client is
-    # imported only when a target is set (17 ms of every run's start-up otherwise).
-    if settings is not None and settings.metrics.enabled:
-        from archiver.metrics import publish
-
-        publish(summary, settings, command=getattr(args, "command", None))
-    if args.json:
-        _print_json(doc)
-    elif summary.dry_run:
-        for item in summary.planned:
-            print(
-                f"would archive {item['pass_id']} (deadline {item['deadline'] or 'unknown'}) "
-                f"under {item['would_write_under']}"
-            )
-        print(f"{len(summary.planned)} passes due; nothing written (dry run)")
+    with CommandContext(args) as ctx:
+        sched = ctx.settings.schedule
+        return serve(
+            cron=sched.cron,
+            timezone=sched.timezone,
+            misfire_grace_seconds=sched.misfire_grace_seconds,
+            cycle=lambda stop: _archive(ctx, sync=True, stop=stop),
+        )
 
 
 def _read_ids(values: Sequence[str]) -> list[str]:
@@ -591,18 +694,15 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     from archiver.catalog import PassUpsert
     from archiver.sources.file import normalise_pass_id
 
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
-    good, bad = [], []
-    for n, raw in enumerate(_read_ids(args.pass_ids), start=1):
-        try:
-            good.append(PassUpsert(pass_id=normalise_pass_id(raw), source="enqueue"))
-        except ValueError as exc:
-            bad.append({"item": n, "reason": str(exc)})
-    stats = _upsert(settings, good)
-    structlog.get_logger("archiver.cli").info(
-        "enqueued", added=stats.added, unchanged=stats.unchanged, rejected=len(bad)
-    )
+    with CommandContext(args) as ctx:
+        good, bad = [], []
+        for n, raw in enumerate(_read_ids(args.pass_ids), start=1):
+            try:
+                good.append(PassUpsert(pass_id=normalise_pass_id(raw), source="enqueue"))
+            except ValueError as exc:
+                bad.append({"item": n, "reason": str(exc)})
+        stats = ctx.catalog.upsert(good)
+        ctx.log.info("enqueued", added=stats.added, unchanged=stats.unchanged, rejected=len(bad))
     return _upsert_report(
         args,
         {"added": stats.added, "updated": stats.updated, "unchanged": stats.unchanged},
@@ -610,17 +710,6 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         f"enqueued: {stats.added} new, {stats.unchanged} already known, {len(bad)} rejected",
         [f"item {b['item']}: {b['reason']}" for b in bad],
     )
-
-
-def _upsert(settings: config_mod.Settings, records: Sequence[PassUpsert]) -> UpsertStats:
-    """Add or update passes in the configured catalog; its UpsertStats."""
-    from archiver.app import open_catalog
-
-    catalog = open_catalog(settings)
-    try:
-        return catalog.upsert(records)
-    finally:
-        catalog.close()
 
 
 def _upsert_report(
@@ -641,40 +730,33 @@ def _upsert_report(
 
 
 def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
-    from archiver.app import open_catalog, open_store
-    from archiver.clock import SystemClock
     from archiver.core.format import Layout
     from archiver.core.signing import Signer
     from archiver.rebuild import rebuild
 
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
-    trusted = []
-    if settings.signing.key is not None:
-        trusted.append(Signer.from_pem(settings.signing.key.get_secret_value().encode()).verifier)
-    catalog = open_catalog(settings)
-    try:
+    with CommandContext(args) as ctx:
+        key = ctx.settings.signing.key
+        trusted = [] if key is None else [Signer.from_pem(key.get_secret_value().encode()).verifier]
+        catalog = ctx.catalog
         report = rebuild(
-            open_store(settings),
-            Layout(settings.storage.clean_prefix),
+            ctx.store,
+            Layout(ctx.settings.storage.clean_prefix),
             catalog,
-            SystemClock().now(),
+            ctx.clock.now(),
             trusted=trusted,
         )
-    finally:
-        catalog.close()
-    structlog.get_logger("archiver.cli").info(
-        "catalog_rebuilt",
-        manifests=report.manifests,
-        recorded=report.recorded,
-        rejected=len(report.rejected),
-    )
+        ctx.log.info(
+            "catalog_rebuilt",
+            manifests=report.manifests,
+            recorded=report.recorded,
+            rejected=len(report.rejected),
+        )
     if args.json:
         _print_json(report.to_json())
     else:
         print(f"rebuilt from {report.manifests} manifests: {report.recorded} passes archived")
-        for key, reason in report.rejected:
-            print(f"  rejected {key}: {reason}", file=sys.stderr)
+        for key_, reason in report.rejected:
+            print(f"  rejected {key_}: {reason}", file=sys.stderr)
     return EXIT_OK if not report.rejected else EXIT_INCOMPLETE
 
 
@@ -685,22 +767,21 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         raise ConfigError("usage: idpass-archiver catalog import FILE | catalog rebuild")
     from archiver.sources.file import read_file
 
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
-    try:
-        good, bad = read_file(args.file, fmt=args.format)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {args.file} ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{args.file} is not UTF-8 text") from None
-    stats = _upsert(settings, good)
-    structlog.get_logger("archiver.cli").info(
-        "catalog_imported",
-        added=stats.added,
-        updated=stats.updated,
-        unchanged=stats.unchanged,
-        rejected=len(bad),
-    )
+    with CommandContext(args) as ctx:
+        try:
+            good, bad = read_file(args.file, fmt=args.format)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.file} ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{args.file} is not UTF-8 text") from None
+        stats = ctx.catalog.upsert(good)
+        ctx.log.info(
+            "catalog_imported",
+            added=stats.added,
+            updated=stats.updated,
+            unchanged=stats.unchanged,
+            rejected=len(bad),
+        )
     return _upsert_report(
         args,
         {
@@ -717,102 +798,97 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from archiver.app import next_run_after, open_catalog
-    from archiver.clock import SystemClock, isoformat
-
-    settings = config_mod.load(args.config)
-    _setup_logging(settings, args)
-    now = SystemClock().now()
-    next_run = next_run_after(settings, now)
-    catalog = open_catalog(settings)
-    try:
-        counts = dict(catalog.counts())
-        last = catalog.last_run()
-        upcoming = catalog.due(now, 10)
-        at_risk = catalog.at_risk(now, next_run) if next_run else []
-    finally:
-        catalog.close()
-    next_deadlines = [
-        {"pass_id": e.pass_id, "deadline": isoformat(e.deadline) if e.deadline else None}
-        for e in upcoming
-    ]
-    risky = [
-        {"pass_id": e.pass_id, "deadline": isoformat(e.deadline)}
-        for e in at_risk
-        if e.deadline is not None
-    ]
-    last_doc = None
-    if last:
-        last_doc = {
-            "run_id": last["run_id"],
-            "started_at": isoformat(last["started_at"]),
-            "finished_at": isoformat(last["finished_at"]),
-            "exit_code": last["exit_code"],
-            "counts": last["summary"].get("counts"),
-            "worker_id": last["summary"].get("worker_id"),
-        }
-    doc: dict[str, Any] = {
-        "counts": counts,
-        "next_run": isoformat(next_run) if next_run else None,
-        "at_risk": risky,
-        "next_deadlines": next_deadlines,
-        "last_run": last_doc,
-    }
+    with CommandContext(args) as ctx:
+        doc = _status(ctx)
     if args.json:
         _print_json(doc)
-        return EXIT_OK
+    else:
+        _print_status(doc)
+    return EXIT_OK
+
+
+def _status(ctx: CommandContext) -> dict[str, Any]:
+    """Counts per state, the next run, the passes at risk before it, the next
+    deadlines and the last run, as ``status --json`` prints them."""
+    from archiver.app import next_run_after
+    from archiver.clock import isoformat
+
+    now = ctx.clock.now()
+    next_run = next_run_after(ctx.settings, now)
+    catalog = ctx.catalog
+    last = catalog.last_run()
+    at_risk = catalog.at_risk(now, next_run) if next_run else []
+    return {
+        "counts": dict(catalog.counts()),
+        "next_run": isoformat(next_run) if next_run else None,
+        "at_risk": [
+            {"pass_id": e.pass_id, "deadline": isoformat(e.deadline)}
+            for e in at_risk
+            if e.deadline is not None
+        ],
+        "next_deadlines": [
+            {"pass_id": e.pass_id, "deadline": isoformat(e.deadline) if e.deadline else None}
+            for e in catalog.due(now, 10)
+        ],
+        "last_run": _last_run(last) if last else None,
+    }
+
+
+def _last_run(last: dict[str, Any]) -> dict[str, Any]:
+    from archiver.clock import isoformat
+
+    return {
+        "run_id": last["run_id"],
+        "started_at": isoformat(last["started_at"]),
+        "finished_at": isoformat(last["finished_at"]),
+        "exit_code": last["exit_code"],
+        "counts": last["summary"].get("counts"),
+        "worker_id": last["summary"].get("worker_id"),
+    }
+
+
+def _print_status(doc: dict[str, Any]) -> None:
     print("passes by state:")
-    for state, n in sorted(counts.items()):
+    for state, n in sorted(doc["counts"].items()):
         print(f"  {state:<10} {n}")
     print(f"next scheduled run: {doc['next_run'] or 'none'}")
-    print(f"at risk (window closes before the next run): {len(risky)}")
-    for risk in risky[:20]:
+    print(f"at risk (window closes before the next run): {len(doc['at_risk'])}")
+    for risk in doc["at_risk"][:20]:
         print(f"  {risk['pass_id']}  deadline {risk['deadline']}")
     print("next due:")
-    for item in next_deadlines:
+    for item in doc["next_deadlines"]:
         print(f"  {item['pass_id']}  deadline {item['deadline'] or 'unknown'}")
-    if last_doc:
-        print(
-            f"last run: {last_doc['run_id']} exit {last_doc['exit_code']} "
-            f"finished {last_doc['finished_at']}"
-        )
-    return EXIT_OK
+    last = doc["last_run"]
+    if last:
+        print(f"last run: {last['run_id']} exit {last['exit_code']} finished {last['finished_at']}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from archiver import report
-    from archiver.app import open_catalog
-    from archiver.clock import SystemClock
-    from archiver.logging import configure
 
-    settings = config_mod.load(args.config)
     # The report may own stdout: logs go to stderr.
-    configure(settings.logging.level, settings.logging.format, sys.stderr)
-    catalog = open_catalog(settings)
-    try:
-        coverage = catalog.coverage(args.since, SystemClock().now())
-    finally:
-        catalog.close()
-    render = {
-        "table": report.render_table,
-        "json": report.render_json,
-        "html": report.render_html,
-    }[args.format]
-    text = render(coverage)
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        try:
-            args.output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot write {args.output} ({exc.strerror})") from None
-    structlog.get_logger("archiver.cli").info(
-        "report_written",
-        format=args.format,
-        output=str(args.output) if args.output else "stdout",
-        known=coverage.known,
-        days=len(coverage.days),
-    )
+    with CommandContext(args, logs_to_stderr=True) as ctx:
+        coverage = ctx.catalog.coverage(args.since, ctx.clock.now())
+        render = {
+            "table": report.render_table,
+            "json": report.render_json,
+            "html": report.render_html,
+        }[args.format]
+        text = render(coverage)
+        if args.output is None:
+            sys.stdout.write(text)
+        else:
+            try:
+                args.output.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot write {args.output} ({exc.strerror})") from None
+        ctx.log.info(
+            "report_written",
+            format=args.format,
+            output=str(args.output) if args.output else "stdout",
+            known=coverage.known,
+            days=len(coverage.days),
+        )
     return EXIT_OK
 
 

@@ -23,6 +23,10 @@ A run **succeeds** when it completed its cycle: no systemic failure (exit code 3
 not stopped early (SIGTERM, a deadline), and every configured source synced. Passes
 that failed, wait to retry or expired do not make it unsuccessful: they have their
 own metrics and alerts, and one bad pass must not hide whether the job runs at all.
+Both this and the exit code are the summary's own (:attr:`RunSummary.succeeded
+<archiver.results.RunSummary.succeeded>`, :attr:`RunSummary.exit_code
+<archiver.results.RunSummary.exit_code>`): the gauges report what the process exits
+with and what the run manifest and the catalog record.
 
 Where they go (``[metrics]``): with ``pushgateway_url``, a POST (Prometheus'
 "pushadd") to ``/metrics/job/<job>/mode/<mode>[/worker/<worker>]`` with an explicit
@@ -48,7 +52,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from archiver import __version__
-from archiver.results import EXIT_INCOMPLETE, EXIT_OK, EXIT_SYSTEMIC
 
 if TYPE_CHECKING:
     from archiver.config import Settings
@@ -60,29 +63,6 @@ PREFIX = "idpass_archiver_"
 LAST_SUCCESS = PREFIX + "last_success_timestamp_seconds"
 
 log = structlog.get_logger("archiver.metrics")
-
-
-def run_exit_code(summary: RunSummary) -> int:
-    """The exit code ``run`` returns for this summary (a failed source sync makes an
-    otherwise clean run incomplete, as in :func:`archiver.cli.cmd_run`)."""
-    code = summary.exit_code
-    if code == EXIT_OK and _sources_failed(summary):
-        return EXIT_INCOMPLETE
-    return code
-
-
-def run_succeeded(summary: RunSummary) -> bool:
-    """Whether the run completed its cycle (see the module docstring)."""
-    return (
-        summary.exit_code != EXIT_SYSTEMIC
-        and summary.systemic_error is None
-        and not summary.stopped_early
-        and not _sources_failed(summary)
-    )
-
-
-def _sources_failed(summary: RunSummary) -> bool:
-    return any(s.get("error") for s in summary.sources)
 
 
 class _RunCollector(Collector):
@@ -138,12 +118,12 @@ class _RunCollector(Collector):
             "When the last run finished, in Unix seconds.",
             finished.timestamp(),
         )
-        yield self._gauge("last_run_exit_code", "The exit code of the last run.", run_exit_code(s))
+        yield self._gauge("last_run_exit_code", "The exit code of the last run.", s.exit_code)
         yield self._gauge(
             "last_run_success",
             "1 when the last run completed its cycle (no systemic failure, not stopped "
             "early, every source synced), else 0.",
-            1 if run_succeeded(s) else 0,
+            1 if s.succeeded else 0,
         )
         if self.last_success is not None:
             yield self._gauge(
@@ -170,7 +150,7 @@ def build_registry(
     succeeded, else ``previous_success`` (omitted when that is None)."""
     last_success = (
         (summary.finished_at or summary.started_at).timestamp()
-        if run_succeeded(summary)
+        if summary.succeeded
         else previous_success
     )
     registry = CollectorRegistry(auto_describe=True)

@@ -70,43 +70,48 @@ class RunSummary:
         return {o.value: c.get(o.value, 0) for o in Outcome if o is not Outcome.PENDING}
 
     @property
+    def sources_failed(self) -> bool:
+        """Whether a configured source failed to sync before the run."""
+        return any(s.get("error") for s in self.sources)
+
+    @property
     def exit_code(self) -> int:
-        counts = self.counts
+        """The run's exit code (README, "Exit codes"). The one place it is decided: the
+        process exits with it, and the signed run manifest, the catalog's run record
+        and the metrics all hold it. A failed source sync makes a run incomplete."""
         if self.systemic_error:
             return EXIT_SYSTEMIC
+        counts = self.counts
         if counts["expired"]:
             return EXIT_EXPIRED
-        if counts["failed"] or counts["retry"] or self.stopped_early:
+        if counts["failed"] or counts["retry"] or self.stopped_early or self.sources_failed:
             return EXIT_INCOMPLETE
         return EXIT_OK
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the run completed its cycle: no systemic failure, not stopped early,
+        every configured source synced. Passes that failed, wait to retry or expired
+        do not make it unsuccessful (they raise the exit code, and have their own
+        metrics); this is the metrics' ``last_run_success``."""
+        return self.systemic_error is None and not self.stopped_early and not self.sources_failed
 
     def to_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "started_at": isoformat(self.started_at),
-            "finished_at": isoformat(self.finished_at) if self.finished_at else None,
+            "finished_at": _iso(self.finished_at),
             "dry_run": self.dry_run,
             "passes": len(self.results),
             "counts": self.counts,
-            "images": sum(r.images for r in self.results),
-            "image_bytes": sum(r.image_bytes for r in self.results),
-            "objects_written": sum(r.objects_written for r in self.results),
-            "objects_reused": sum(r.objects_reused for r in self.results),
-            "already_archived": sum(1 for r in self.results if r.already_archived),
+            **self._totals(),
             "expired_ids": sorted(r.pass_id for r in self.results if r.outcome is Outcome.EXPIRED),
-            "failed": sorted(
-                (
-                    {"pass_id": r.pass_id, "reason": r.reason}
-                    for r in self.results
-                    if r.outcome in (Outcome.FAILED, Outcome.RETRY)
-                ),
-                key=lambda d: str(d["pass_id"]),
-            ),
+            "failed": self._failed(),
             "at_risk": len(self.at_risk),
             "at_risk_passes": [
                 {"pass_id": pid, "deadline": isoformat(deadline)} for pid, deadline in self.at_risk
             ],
-            "next_run": isoformat(self.next_run) if self.next_run else None,
+            "next_run": _iso(self.next_run),
             "worker_id": self.worker_id,
             "stopped_early": self.stopped_early,
             "sources": self.sources,
@@ -115,3 +120,27 @@ class RunSummary:
             "exit_code": self.exit_code,
             "planned": self.planned if self.dry_run else None,
         }
+
+    def _totals(self) -> dict[str, int]:
+        """Images, bytes and objects over the run's passes, and how many were archived
+        already."""
+        return {
+            "images": sum(r.images for r in self.results),
+            "image_bytes": sum(r.image_bytes for r in self.results),
+            "objects_written": sum(r.objects_written for r in self.results),
+            "objects_reused": sum(r.objects_reused for r in self.results),
+            "already_archived": sum(1 for r in self.results if r.already_archived),
+        }
+
+    def _failed(self) -> list[dict[str, Any]]:
+        """The passes that failed or wait to retry, with their reasons, by pass id."""
+        failed = [
+            {"pass_id": r.pass_id, "reason": r.reason}
+            for r in self.results
+            if r.outcome in (Outcome.FAILED, Outcome.RETRY)
+        ]
+        return sorted(failed, key=lambda d: str(d["pass_id"]))
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return isoformat(ts) if ts is not None else None

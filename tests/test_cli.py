@@ -49,6 +49,54 @@ def test_missing_config_exits_2():
     assert proc.returncode == 2 and "--config" in proc.stderr
 
 
+def _plain_config(tmp_path: Path, catalog_url: str) -> Path:
+    cfg = tmp_path / "archiver.toml"
+    cfg.write_text(
+        '[api]\nbase_url = "https://api.example.test"\n'
+        '[storage]\nbucket = "bucket-1"\nkms_key_id = "alias/archive"\n'
+        f'[catalog]\nurl = "{catalog_url}"\n'
+    )
+    return cfg
+
+
+def test_the_command_context_opens_the_catalog_on_first_use_and_once(tmp_path):
+    """A command's context loads the settings at once, and opens the catalog only when
+    the command asks for it (a command that never does leaves no database behind),
+    once, and closes it at the end."""
+    import structlog
+
+    db = tmp_path / "catalog" / "catalog.db"
+    cfg = _plain_config(tmp_path, f"sqlite:///{db}")
+    args = cli.build_parser().parse_args(["status", "--config", str(cfg), "--json"])
+
+    def held_open() -> int:  # this process's file descriptors on the database
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(db.resolve()))
+
+    saved = structlog.get_config()
+    try:
+        with cli.CommandContext(args) as ctx:
+            assert ctx.settings.storage.bucket == "bucket-1"
+            assert not db.exists()
+            catalog = ctx.catalog
+            assert db.exists() and ctx.catalog is catalog
+            assert dict(catalog.counts()) == {}
+            assert held_open() >= 1  # the pooled connection
+        assert held_open() == 0
+    finally:
+        structlog.configure(**saved)
+
+
+def test_an_unreachable_catalog_exits_3_without_its_password(tmp_path):
+    """The context turns nothing into a traceback: a catalog that cannot be opened is
+    exit 3 with the catalog error, and the URL's password is not repeated."""
+    url = "postgresql+psycopg://u:s3cret-pw@127.0.0.1:9/x?connect_timeout=2"
+    proc = _cli(["status", "--config", str(_plain_config(tmp_path, url))])
+    assert proc.returncode == 3, proc.stderr
+    assert "catalog_error" in proc.stderr
+    assert "s3cret-pw" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+
+
 def test_import_run_status_end_to_end(cli_config, sandbox_http, pii_watch):
     """catalog import → run → status works from the shell with documented exit codes."""
     cfg, env = cli_config
@@ -155,40 +203,108 @@ def _count_runs(db: Path) -> int:
         engine.dispose()
 
 
-def test_schedule_runs_on_each_tick_and_stops_cleanly_on_sigterm(cli_config, sandbox_http):
-    """schedule runs a cycle per cron tick, and SIGTERM ends it with exit 0."""
+def _schedule(cfg: Path, env: dict[str, str], *, runs: int) -> tuple[int, int, str, str]:
+    """Run `schedule` (every 2 s) until the catalog holds ``runs`` runs, then SIGTERM it;
+    the runs recorded by then, its exit code, stdout and stderr."""
     import signal
     import time
 
-    cfg, env = cli_config
     cfg.write_text(cfg.read_text() + '\n[schedule]\ncron = "*/2 * * * * *"\n')
-    sandbox_http.post("/_sandbox/passes", json={"count": 2, "image_retention_days": 4})
-    ledger = cfg.parent / "ledger.jsonl"
-    ledger.write_bytes(sandbox_http.get("/_sandbox/ledger").content)
-    assert _cli(["catalog", "import", str(ledger), "--config", str(cfg)], env=env).returncode == 0
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("IDPASS_ARCHIVER_")}
-    full_env.update(env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "archiver", "schedule", "--config", str(cfg)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=full_env,
+        env=cli_env(env),
     )
     db = cfg.parent / "catalog.db"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _count_runs(db) < 2 and proc.poll() is None:
+    while time.monotonic() < deadline and _count_runs(db) < runs and proc.poll() is None:
         time.sleep(0.2)
-    runs = _count_runs(db)
+    recorded = _count_runs(db)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
+    return recorded, proc.returncode, out, err
+
+
+def _import_new_passes(cfg: Path, env: dict[str, str], sandbox_http, **passes) -> None:
+    sandbox_http.post("/_sandbox/passes", json=passes)
+    ledger = cfg.parent / "ledger.jsonl"
+    ledger.write_bytes(sandbox_http.get("/_sandbox/ledger").content)
+    assert _cli(["catalog", "import", str(ledger), "--config", str(cfg)], env=env).returncode == 0
+
+
+def test_schedule_runs_on_each_tick_and_stops_cleanly_on_sigterm(cli_config, sandbox_http):
+    """schedule runs a cycle per cron tick, and SIGTERM ends it with exit 0."""
+    cfg, env = cli_config
+    _import_new_passes(cfg, env, sandbox_http, count=2, image_retention_days=4)
+    runs, code, out, err = _schedule(cfg, env, runs=2)
     assert runs >= 2, (out + err)[-3000:]
-    assert proc.returncode == 0, err[-3000:]
+    assert code == 0, err[-3000:]
     events = [json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
     assert events.count("run_finished") >= 2
     assert events[-1] == "schedule_stopped"
     status = _cli(["status", "--config", str(cfg), "--json"], env=env)
     assert json.loads(status.stdout)["counts"] == {"archived": 2}
+
+
+def _failing_source(cfg: Path, tmp_path: Path) -> Path:
+    """Add [metrics] and a file source whose file does not exist (a failed sync)."""
+    prom = tmp_path / "textfile" / "idpass-archiver.prom"
+    prom.parent.mkdir()
+    cfg.write_text(
+        cfg.read_text()
+        + f'[metrics]\ntextfile_path = "{prom}"\n'
+        + f'[[sources]]\nkind = "file"\nname = "ledger"\npath = "{tmp_path / "gone.jsonl"}"\n'
+    )
+    return prom
+
+
+def _recorded_exit_codes(cfg: Path, env: dict[str, str], prom: Path, seaweedfs, bucket: str):
+    """The last run's exit code as the metrics textfile, the signed run manifest in
+    the bucket and the catalog record each give it, and the last-success gauge."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    gauges = {
+        s.name: s.value
+        for family in text_string_to_metric_families(prom.read_text())
+        for s in family.samples
+    }
+    last = json.loads(_cli(["status", "--config", str(cfg), "--json"], env=env).stdout)["last_run"]
+    client = seaweedfs.client()
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="cli/runs/").get("Contents", [])
+    (key,) = [o["Key"] for o in listed if o["Key"].endswith(f"/{last['run_id']}.json")]
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return {
+        "metrics": gauges["idpass_archiver_last_run_exit_code"],
+        "run_manifest": manifest["exit_code"],
+        "catalog": last["exit_code"],
+        "success": gauges["idpass_archiver_last_run_success"],
+    }
+
+
+def test_a_scheduled_run_whose_source_failed_records_the_exit_code_run_returns(
+    cli_config, sandbox_http, seaweedfs, s3_bucket, tmp_path, pii_watch
+):
+    """Defect: `schedule` dropped the source-sync reports that `run` attaches, so a
+    scheduled run whose source failed reported success, and its signed run manifest
+    and catalog record said exit 0. Every record of a cycle now holds the exit code
+    `run` returns for the same situation: 1 (the pass itself is archived)."""
+    cfg, env = cli_config
+    _import_new_passes(cfg, env, sandbox_http, image_retention_days=4)
+    prom = _failing_source(cfg, tmp_path)
+    runs, code, out, err = _schedule(cfg, env, runs=1)
+    assert runs >= 1 and code == 0, (out + err)[-3000:]
+    pii_watch.output("schedule stdout", out)
+    expected = {"metrics": 1, "run_manifest": 1, "catalog": 1, "success": 0}
+    assert _recorded_exit_codes(cfg, env, prom, seaweedfs, s3_bucket) == expected
+    status = json.loads(_cli(["status", "--config", str(cfg), "--json"], env=env).stdout)
+    assert status["counts"] == {"archived": 1}
+
+    run = _cli(["run", "--config", str(cfg), "--json"], env=env, watch=pii_watch)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert json.loads(run.stdout)["exit_code"] == 1
+    assert _recorded_exit_codes(cfg, env, prom, seaweedfs, s3_bucket) == expected
 
 
 def test_run_refuses_while_another_holds_the_lock(cli_config, sandbox_http):

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from archiver import __version__, config
 from archiver.catalog import Outcome
 from archiver.errors import ConfigError
-from archiver.metrics import LAST_SUCCESS, publish, run_succeeded, textfile_for, write_textfile
+from archiver.metrics import LAST_SUCCESS, publish, textfile_for, write_textfile
 from archiver.results import PassResult, RunSummary
 from tests.fixtures.cli import run_cli
 
@@ -157,11 +157,11 @@ def test_textfile_keeps_last_success_across_failing_runs(tmp_path):
 def test_success_is_a_completed_cycle():
     """Failed, retrying and expired passes do not make a run unsuccessful; a systemic
     failure, an early stop or a failed source sync do."""
-    assert run_succeeded(_summary())
-    assert not run_succeeded(_summary(systemic="api_auth_error"))
-    assert not run_succeeded(_summary(stopped_early=True))
-    assert not run_succeeded(_summary(sources=[{"name": "kyc", "error": "unreachable"}]))
-    assert run_succeeded(_summary(sources=[{"name": "kyc", "error": None}]))
+    assert _summary().succeeded
+    assert not _summary(systemic="api_auth_error").succeeded
+    assert not _summary(stopped_early=True).succeeded
+    assert not _summary(sources=[{"name": "kyc", "error": "unreachable"}]).succeeded
+    assert _summary(sources=[{"name": "kyc", "error": None}]).succeeded
 
 
 def test_exit_code_gauge_counts_a_failed_source(tmp_path):
