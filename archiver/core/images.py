@@ -102,8 +102,3 @@ def sealed_payload(slot: str, token: Base64Text, *, max_bytes: int) -> CheckedIm
     return CheckedImage(
         slot=slot, data=data, sha256=sha256_hex(data), width=0, height=0, sealed=True
     )
-
-
-def decode_and_check(slot: str, text: Base64Text, *, max_bytes: int) -> CheckedImage:
-    """Base64 text → checked, hashed JPEG."""
-    return check_image(slot, decode_base64(text, slot=slot, max_bytes=max_bytes))

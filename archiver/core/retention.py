@@ -18,10 +18,3 @@ def images_deadline(completed_at: datetime | None, retention_days: int | None) -
     if completed_at.tzinfo is None:
         raise ValueError("completed_at must be timezone-aware")
     return completed_at + timedelta(days=retention_days)
-
-
-def window_open(deadline: datetime | None, now: datetime) -> bool | None:
-    """True while images should still exist; None when the deadline is unknown."""
-    if deadline is None:
-        return None
-    return now < deadline

@@ -227,21 +227,6 @@ class SqlSource:
                 f"reading changes failed ({type(exc).__name__})", source=self.name
             ) from None
 
-    def read_changes(
-        self, watermark: datetime | None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS
-    ) -> SourceBatch:
-        """All rows changed since ``watermark`` (minus the overlap) in one batch."""
-        items: list[PassUpsert] = []
-        rejected: list[Rejection] = []
-        high: datetime | None = None
-        read = 0
-        for batch in self.iter_changes(watermark, chunk_rows=chunk_rows):
-            items.extend(batch.items)
-            rejected.extend(batch.rejected)
-            high = _max(high, batch.new_watermark)
-            read += batch.read
-        return SourceBatch(items=items, rejected=rejected, new_watermark=high, read=read)
-
     def lookup_key(self, pass_id: str) -> str | None:
         """The pass's cipher key, read with ``key_query`` now; ``None`` if it has none."""
         if self._key_lookup is None:

@@ -6,7 +6,6 @@ import pytest
 from archiver.core.images import (
     check_image,
     check_jpeg,
-    decode_and_check,
     decode_base64,
     valid_slot_name,
 )
@@ -17,7 +16,7 @@ from tests.helpers import make_jpeg, make_png
 def test_decode_and_check_returns_bytes_dimensions_and_hash():
     """A valid Base64 JPEG decodes to its bytes, real dimensions and SHA-256."""
     jpeg = make_jpeg(40, 30)
-    img = decode_and_check("probe", base64.b64encode(jpeg).decode(), max_bytes=10**6)
+    img = check_image("probe", decode_base64(base64.b64encode(jpeg).decode(), max_bytes=10**6))
     assert img.data == jpeg
     assert (img.width, img.height) == (40, 30)
     assert img.sha256 == hashlib.sha256(jpeg).hexdigest()

@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from archiver.core.retention import images_deadline, window_open
+from archiver.core.retention import images_deadline
 
 T0 = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
@@ -15,21 +15,12 @@ def test_deadline_is_completion_plus_retention_days():
 def test_retention_zero_means_deadline_at_completion():
     """With retention 0 the window closes at completion."""
     assert images_deadline(T0, 0) == T0
-    assert window_open(images_deadline(T0, 0), T0) is False
 
 
 def test_unknown_inputs_give_unknown_deadline():
     """Without completed_at or retention the deadline is unknown."""
     assert images_deadline(None, 30) is None
     assert images_deadline(T0, None) is None
-    assert window_open(None, T0) is None
-
-
-def test_window_closes_exactly_at_deadline():
-    """The window is open strictly before the deadline."""
-    d = images_deadline(T0, 1)
-    assert window_open(d, d - timedelta(seconds=1)) is True
-    assert window_open(d, d) is False
 
 
 def test_naive_completion_time_is_refused():
