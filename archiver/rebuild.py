@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from archiver.catalog import Outcome, OutcomeUpdate, PassUpsert
+from archiver.catalog import PassUpsert
 from archiver.catalog.sql import SqlCatalog
 from archiver.core.format import Layout, PassManifest, signature_key
-from archiver.core.images import sha256_hex
 from archiver.core.signing import Verifier
 from archiver.errors import FormatError, StoreError
+from archiver.results import Learned, PassResult
 from archiver.store import ObjectStore
 
 
@@ -58,7 +58,7 @@ def rebuild(
         if layout.manifest(manifest.pass_id) != info.key:
             report.rejected.append((info.key, "manifest names another pass"))
             continue
-        _record(catalog, manifest, info.key, sha256_hex(data), now)
+        _record(catalog, manifest, info.key, data, now)
         report.recorded += 1
     return report
 
@@ -74,33 +74,11 @@ def _read(store: ObjectStore, key: str, verifiers: list[Verifier]) -> tuple[byte
 
 
 def _record(
-    catalog: SqlCatalog, manifest: PassManifest, key: str, sha256: str, now: datetime
+    catalog: SqlCatalog, manifest: PassManifest, key: str, data: bytes, now: datetime
 ) -> None:
     p = manifest.facts
-    catalog.upsert(
-        [
-            PassUpsert(
-                pass_id=manifest.pass_id,
-                source="rebuild",
-                completed_at=p.completed_at,
-                image_retention_days=p.image_retention_days,
-            )
-        ]
-    )
-    catalog.record(
-        OutcomeUpdate(
-            pass_id=manifest.pass_id,
-            outcome=Outcome.ARCHIVED,
-            reason="rebuilt from its manifest",
-            api_status=p.status,
-            completed_at=p.completed_at,
-            image_retention_days=p.image_retention_days,
-            deadline=p.images_deadline,
-            manifest_key=key,
-            manifest_sha256=sha256,
-            image_count=manifest.image_count,
-            image_bytes=manifest.image_bytes,
-            count_attempt=False,
-        ),
-        now,
-    )
+    retention = p.image_retention_days
+    catalog.upsert([PassUpsert(manifest.pass_id, "rebuild", None, p.completed_at, retention)])
+    result = PassResult.archived_by(manifest, key, data, reason="rebuilt from its manifest")
+    update = result.catalog_update(Learned.from_facts(p), count_attempt=False)
+    catalog.record(update, now)

@@ -6,19 +6,46 @@ manifest, metrics, progress), which need not import the pipeline for it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from archiver.catalog import Outcome
+from archiver.catalog import Outcome, OutcomeUpdate
 from archiver.clock import isoformat
+from archiver.core.format import PassFacts, PassManifest
+from archiver.core.images import sha256_hex
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_USAGE = 2
 EXIT_SYSTEMIC = 3
 EXIT_EXPIRED = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """What reading a pass taught about it, recorded with its outcome."""
+
+    api_status: str | None = None
+    completed_at: datetime | None = None
+    image_retention_days: int | None = None
+    deadline: datetime | None = None
+    link_expires_at: datetime | None = None
+
+    @classmethod
+    def from_facts(cls, facts: PassFacts) -> Learned:
+        """What a stored manifest says the API answered."""
+        return cls(
+            facts.status, facts.completed_at, facts.image_retention_days, facts.images_deadline
+        )
+
+    def fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+NOTHING_LEARNED = Learned()
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +60,37 @@ class PassResult:
     manifest_key: str | None = None
     manifest_sha256: str | None = None
     already_archived: bool = False
+
+    @classmethod
+    def archived_by(
+        cls, manifest: PassManifest, key: str, data: bytes, *, reason: str
+    ) -> PassResult:
+        """The result of a pass committed by the manifest ``data`` stored at ``key``."""
+        counts = cls(manifest.pass_id, Outcome.ARCHIVED, reason, *manifest.counts())
+        return dataclasses.replace(
+            counts, manifest_key=key, manifest_sha256=sha256_hex(data), already_archived=True
+        )
+
+    def catalog_update(
+        self,
+        learned: Learned = NOTHING_LEARNED,
+        *,
+        next_attempt_at: datetime | None = None,
+        count_attempt: bool = True,
+    ) -> OutcomeUpdate:
+        """What the catalog records of this result."""
+        return OutcomeUpdate(
+            self.pass_id,
+            self.outcome,
+            self.reason,
+            manifest_key=self.manifest_key,
+            manifest_sha256=self.manifest_sha256,
+            next_attempt_at=next_attempt_at,
+            image_count=self.images,
+            image_bytes=self.image_bytes,
+            count_attempt=count_attempt,
+            **learned.fields(),
+        )
 
 
 @dataclass

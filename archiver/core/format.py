@@ -319,8 +319,12 @@ class PassManifest:
             age_recipients=tuple(doc.get("client_side_encryption", {}).get("recipients", ())),
         )
 
+    def counts(self) -> tuple[int, int]:
+        """How many images it lists, and their bytes (plaintext bytes with age)."""
+        return self.image_count, self.image_bytes
+
     def keys(self) -> set[str]:
-        """Every key the manifest accounts for: its objects, itself and its signature."""
+        """Every key the manifest lists."""
         return {o.key for o in self.objects}
 
 

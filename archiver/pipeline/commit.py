@@ -78,16 +78,7 @@ class Committer:
             return None
         data: bytes = await self.offload(self.store.get, key)
         manifest = PassManifest.parse(data)
-        return PassResult(
-            pass_id,
-            Outcome.ARCHIVED,
-            "manifest already present",
-            images=manifest.image_count,
-            image_bytes=manifest.image_bytes,
-            manifest_key=key,
-            manifest_sha256=sha256_hex(data),
-            already_archived=True,
-        )
+        return PassResult.archived_by(manifest, key, data, reason="manifest already present")
 
     async def commit(
         self,
@@ -279,15 +270,8 @@ def _entry(put: PutResult, spec: ObjectSpec | None = None) -> ObjectEntry:
     stored = replace(stored, retain_until=put.retain_until, lock_mode=put.lock_mode)
     if spec is None:
         return stored
-    plain_sha, plain_size = (spec.sha256, spec.size) if spec.encrypt else (None, None)
-    return replace(
-        stored,
-        role=spec.role,
-        content_type=spec.content_type,
-        slot=spec.slot,
-        width=spec.width,
-        height=spec.height,
-        payload=spec.payload,
-        plaintext_sha256=plain_sha,
-        plaintext_size=plain_size,
-    )
+    entry = replace(stored, role=spec.role, content_type=spec.content_type, slot=spec.slot)
+    entry = replace(entry, width=spec.width, height=spec.height, payload=spec.payload)
+    if not spec.encrypt:
+        return entry
+    return replace(entry, plaintext_sha256=spec.sha256, plaintext_size=spec.size)

@@ -5,9 +5,8 @@ The result says how the pass goes on and carries what the read learned about it
 whatever the outcome:
 
 * :class:`Ended`: the pass ends here (not complete yet, a status not archived, no
-  images, the window closed);
-* :class:`Refused`: the answer cannot be archived as it is (a payload error, or a
-  bug met while checking it): an outcome decided by the attempt count;
+  images, the window closed), or its answer cannot be archived as it is (a payload
+  error, or a bug met while checking it): an outcome decided by the attempt count;
 * :class:`Staged`: checked images and the record, ready for the commit protocol.
 """
 
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 
@@ -40,7 +39,7 @@ from archiver.idpass.models import SLOTS, PassDetails
 from archiver.idpass.transport import BodySlot
 from archiver.pipeline.commit import Offload
 from archiver.pipeline.options import PipelineOptions
-from archiver.results import PassResult
+from archiver.results import Learned, PassResult
 
 
 class DetailsReader(Protocol):
@@ -67,41 +66,11 @@ Gate = Callable[[], AbstractAsyncContextManager[None]]
 
 
 @dataclass(frozen=True, slots=True)
-class Learned:
-    """What a read taught about a pass, recorded with its outcome."""
-
-    api_status: str | None = None
-    completed_at: datetime | None = None
-    image_retention_days: int | None = None
-    deadline: datetime | None = None
-    link_expires_at: datetime | None = None
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            "api_status": self.api_status,
-            "completed_at": self.completed_at,
-            "image_retention_days": self.image_retention_days,
-            "deadline": self.deadline,
-            "link_expires_at": self.link_expires_at,
-        }
-
-
-NOTHING_LEARNED = Learned()
-
-
-@dataclass(frozen=True, slots=True)
 class Ended:
-    """The pass's outcome is decided by the read."""
+    """The pass ends at the read: with its result, or with the error that decides
+    its outcome by the attempt count (an answer that cannot be archived)."""
 
-    result: PassResult
-    learned: Learned
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """The answer cannot be archived: ``error`` decides, by the attempt count."""
-
-    error: Exception
+    outcome: PassResult | Exception
     learned: Learned
 
 
@@ -116,7 +85,7 @@ class Staged:
     missing_slots: list[str] = field(default_factory=list)
 
 
-ReadResult = Ended | Refused | Staged
+ReadResult = Ended | Staged
 
 
 @dataclass(kw_only=True)
@@ -155,7 +124,7 @@ class PassReader:
         try:
             return await self._classify(pid, read, key if local else None, learned)
         except Exception as exc:  # judged by the caller, with what was learned
-            return Refused(exc, learned)
+            return Ended(exc, learned)
         finally:
             read.images.clear()  # the Base64 is no longer needed: free it
 

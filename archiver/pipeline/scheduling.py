@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from archiver import errors
-from archiver.catalog import Catalog, CatalogEntry, Outcome, OutcomeUpdate, Scope
+from archiver.catalog import Catalog, CatalogEntry, Outcome, Scope
 from archiver.clock import Clock, isoformat
 from archiver.core.format import Layout
 from archiver.core.signing import Signer
@@ -37,16 +37,8 @@ from archiver.idpass.transport import BodySlot
 from archiver.pipeline.commit import Committer
 from archiver.pipeline.options import PipelineOptions
 from archiver.pipeline.plan import plan_objects
-from archiver.pipeline.read import (
-    NOTHING_LEARNED,
-    DetailsReader,
-    Ended,
-    Learned,
-    PassReader,
-    Refused,
-    Staged,
-)
-from archiver.results import PassResult, RunSummary
+from archiver.pipeline.read import DetailsReader, Ended, PassReader, Staged
+from archiver.results import NOTHING_LEARNED, Learned, PassResult, RunSummary
 from archiver.store import ObjectStore
 
 log = structlog.get_logger("archiver.pipeline")
@@ -356,9 +348,9 @@ class Pipeline:
         finally:
             slot.release()
         if isinstance(read, Ended):
-            return read.result, read.learned
-        if isinstance(read, Refused):
-            return self._failure(entry, read.error), read.learned
+            if isinstance(read.outcome, PassResult):
+                return read.outcome, read.learned
+            return self._failure(entry, read.outcome), read.learned
         try:
             return await self._commit(entry, read), read.learned
         except Exception as exc:
@@ -430,20 +422,7 @@ class Pipeline:
         elif result.outcome is Outcome.NOT_READY:
             delay = self.opt.not_ready_recheck * (2**entry.attempts)
             next_at = now + min(delay, self.opt.retry_cap)
-        self.catalog.record(
-            OutcomeUpdate(
-                pass_id=entry.pass_id,
-                outcome=result.outcome,
-                reason=result.reason,
-                manifest_key=result.manifest_key,
-                manifest_sha256=result.manifest_sha256,
-                next_attempt_at=next_at,
-                image_count=result.images,
-                image_bytes=result.image_bytes,
-                **learned.fields(),
-            ),
-            now,
-        )
+        self.catalog.record(result.catalog_update(learned, next_attempt_at=next_at), now)
 
 
 def _id_chunks(scope: Scope) -> list[Scope]:
