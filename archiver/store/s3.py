@@ -8,6 +8,7 @@ a write reported as unencrypted is refused.
 
 Errors are translated here and nowhere else (no botocore exception leaves this module):
 
+    NoSuchKey, NoSuchVersion, 404 on a HEAD or GET           -> head: None, get: ObjectNotFound
     AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch,
     expired or missing credentials, any other 403           -> StoreAccessDenied
     NoSuchBucket                                              -> StoreAccessDenied
@@ -40,6 +41,7 @@ from botocore.config import Config
 from archiver.config import StorageSettings
 from archiver.errors import (
     EncryptionRefused,
+    ObjectNotFound,
     StoreAccessDenied,
     StoreError,
     StoreUnavailable,
@@ -478,7 +480,8 @@ class S3Store(OffloadedPut):
         )
 
     def get(self, key: str, *, version_id: str | None = None) -> bytes:
-        """The bytes of ``key``; when S3 holds a checksum, botocore verifies them against it."""
+        """The bytes of ``key``; when S3 holds a checksum, botocore verifies them against it.
+        :class:`ObjectNotFound` if S3 holds no such key or version."""
         try:
             resp = self._client.get_object(**self._read_request(key, version_id))
             body = resp["Body"]
@@ -490,7 +493,7 @@ class S3Store(OffloadedPut):
                 body.close()
         except bex.ClientError as exc:
             if _code(exc) in _NOT_FOUND_CODES:
-                raise StoreError(
+                raise ObjectNotFound(
                     f"S3 get {self.bucket}/{key}: no such object ({_code(exc)})", key=key
                 ) from exc
             self._raise(exc, "get", key)
