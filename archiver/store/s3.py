@@ -239,15 +239,18 @@ class S3Store(OffloadedPut):
         self._max_attempts = max_attempts
         self._putter: CrtPutter | None = None
         self._putter_lock = threading.Lock()
-        self._client: S3Client = session.create_client(  # type: ignore[assignment]
-            "s3",
-            region_name=settings.region,
-            endpoint_url=settings.endpoint_url,
-            verify=settings.verify_tls,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            config=Config(**config_args),
-        )
+        try:  # resolves the credentials now: half of them set raises here
+            self._client: S3Client = session.create_client(  # type: ignore[assignment]
+                "s3",
+                region_name=settings.region,
+                endpoint_url=settings.endpoint_url,
+                verify=settings.verify_tls,
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                config=Config(**config_args),
+            )
+        except _CREDENTIAL_ERRORS as exc:
+            self._raise(exc, "client", "")
 
     # --- the ObjectStore contract --------------------------------------------------
 

@@ -426,3 +426,20 @@ def test_a_put_never_answered_times_out(served: Any) -> None:
     with pytest.raises(StoreUnavailable, match="ReadTimeoutError"):
         served.put(store, KEY, DATA, sha256=SHA, content_type="image/jpeg")
     assert time.monotonic() - began < 3.5
+
+
+def test_half_the_credentials_is_access_denied_when_the_store_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An access key without its secret fails as the store is made (botocore resolves
+    credentials then): StoreAccessDenied naming botocore's error, no secret shown."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "an-access-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "")
+    settings = StorageSettings(
+        bucket="unit-bucket", endpoint_url="http://s3.test", kms_key_id="archive-key"
+    )
+
+    with pytest.raises(StoreAccessDenied, match="PartialCredentialsError") as caught:
+        S3Store(settings)
+
+    assert caught.value.systemic and "an-access-key" not in str(caught.value)
