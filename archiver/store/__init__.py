@@ -89,17 +89,6 @@ class ObjectInfo:
     retain_until: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class BucketState:
-    """Bucket-level settings, for the preflight check."""
-
-    default_encryption: str | None
-    versioning: str | None
-    object_lock: bool
-    default_lock_mode: str | None
-    server_time: datetime | None
-
-
 class ObjectStore(Protocol):
     """A narrow, thread-safe object store. See the module docstring for the contract."""
 

@@ -362,6 +362,14 @@ def test_put_async_from_an_event_loop_has_the_outcomes_of_put(backend: Backend) 
 # --- S3 only: credentials and the network ----------------------------------------------
 
 
+def test_the_s3_store_offers_the_contract_and_nothing_more() -> None:
+    """Bucket-level operations (settings, deleting) are not on the archive store: they
+    are doctor's, in archiver.store.bucket."""
+    methods = {n for n in dir(S3Store) if not n.startswith("_") and callable(getattr(S3Store, n))}
+    assert methods == {"put", "put_async", "head", "get", "list", "close"}
+    assert {n for n in dir(ObjectStore) if not n.startswith("_")} == methods
+
+
 def _connections_to(port: int) -> int:
     """How many TCP sockets this process holds open to ``port`` on any host (Linux)."""
     ours = set()
@@ -430,12 +438,11 @@ def test_wrong_credentials_are_access_denied(
 def test_a_missing_bucket_is_a_systemic_error(
     seaweedfs: SeaweedFS, s3_settings: StorageSettings
 ) -> None:
-    """A bucket that does not exist raises StoreAccessDenied; check() says so up front."""
+    """A bucket that does not exist raises StoreAccessDenied (tests/store/test_bucket.py:
+    the bucket inspector's check() says so up front)."""
     settings = s3_settings.model_copy(update={"bucket": "no-such-bucket-here"})
     data = b"x"
     with S3Store(settings, credentials=seaweedfs.credentials, max_attempts=1) as store:
-        with pytest.raises(StoreAccessDenied, match="does not exist"):
-            store.check()
         with pytest.raises(StoreAccessDenied, match="NoSuchBucket"):
             store.put("test/k", data, sha256=sha(data), content_type=JPEG)
         with pytest.raises(StoreAccessDenied, match="NoSuchBucket"):
