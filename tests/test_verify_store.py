@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import orjson
 import pytest
 
 from archiver.core.format import (
     JPEG_TYPE,
     JSON_TYPE,
+    MANIFEST_KIND,
     OCTET_TYPE,
     Layout,
-    ObjectEntry,
     signature_key,
 )
-from archiver.core.manifest import build_manifest, manifest_bytes
 from archiver.errors import ObjectNotFound, StoreAccessDenied, StoreError, StoreUnavailable
 from archiver.store.memory import MemoryStore
 from archiver.verify import ArchiveChecker, VerifyScope, run_verify, sample
@@ -32,54 +32,61 @@ from tests.helpers import make_jpeg
 
 LAYOUT = Layout("unit")
 PIDS = ["1b0f3c8e-5d2a-4e7b-9c61-2f8a7d4e0b13", "9e4d2a71-0c3b-4f58-8d16-7a5b3c2e1f04"]
-T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SEED = 3
 
 
-def _put(store: MemoryStore, role: str, key: str, data: bytes, ctype: str, **more: object):
+def _put(store: MemoryStore, key: str, data: bytes, ctype: str, **more: object) -> dict[str, Any]:
+    """Store ``data`` at ``key``; its entry as a manifest lists it."""
     digest = hashlib.sha256(data).hexdigest()
     put = store.put(key, data, sha256=digest, content_type=ctype)
-    return ObjectEntry(role, key, len(data), digest, ctype, put.version_id, **more)  # type: ignore[arg-type]
+    entry = {"key": key, "size": len(data), "sha256": digest, "content_type": ctype}
+    return {**entry, "version_id": put.version_id, **more}
 
 
 def _archive_pass(store: MemoryStore, pass_id: str) -> None:
-    """One signed pass as the pipeline stores it: objects, signature, manifest last."""
+    """One signed pass as the pipeline stores it: objects, signature, manifest last.
+    The manifest is written out by hand in the published version-1 format."""
     image = make_jpeg(32, 24, seed=len(pass_id))
     objects = [
         _put(
             store,
-            "image",
             LAYOUT.image(pass_id, "selfie"),
             image,
             JPEG_TYPE,
+            role="image",
             slot="selfie",
             width=32,
             height=24,
         ),
-        _put(store, "record", LAYOUT.record(pass_id), b'{"status": "complete"}', JSON_TYPE),
+        _put(store, LAYOUT.record(pass_id), b'{"status":"complete"}', JSON_TYPE, role="record"),
     ]
-    doc = build_manifest(
-        pass_id=pass_id,
-        run_id="r-unit",
-        archived_at=T0,
-        archiver_version="test",
-        status="complete",
-        verification_status="verified",
-        created_at=T0 - timedelta(hours=2),
-        completed_at=T0 - timedelta(hours=1),
-        image_retention_days=30,
-        images_deadline=T0 + timedelta(days=29),
-        objects=objects,
-        missing_slots=[],
-        decryption="server",
-        sse=store.sse,
-        kms_key_id=store.kms_key_id,
-        signing_key_id=TEST_SIGNER.key_id,
-    )
-    data, _ = manifest_bytes(doc)
+    doc = {
+        "manifest_version": 1,
+        "kind": MANIFEST_KIND,
+        "pass_id": pass_id,
+        "run_id": "r-unit",
+        "archived_at": "2026-06-01T12:00:00Z",
+        "archiver_version": "test",
+        "pass": {
+            "status": "complete",
+            "verification_status": "verified",
+            "created_at": "2026-06-01T10:00:00Z",
+            "completed_at": "2026-06-01T11:00:00Z",
+            "image_retention_days": 30,
+            "images_deadline": "2026-06-30T11:00:00Z",
+        },
+        "source": {"endpoint": "/idpass/details", "decryption": "server"},
+        "encryption": {"sse": store.sse, "kms_key_id": store.kms_key_id},
+        "signing": {"algorithm": "ed25519", "key_id": TEST_SIGNER.key_id},
+        "objects": objects,
+        "missing_slots": [],
+        "image_count": 1,
+        "image_bytes": len(image),
+    }
+    data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     mkey = LAYOUT.manifest(pass_id)
-    _put(store, "signature", signature_key(mkey), TEST_SIGNER.sign(data), OCTET_TYPE)
-    _put(store, "manifest", mkey, data, JSON_TYPE)
+    _put(store, signature_key(mkey), TEST_SIGNER.sign(data), OCTET_TYPE)
+    _put(store, mkey, data, JSON_TYPE)
 
 
 @pytest.fixture

@@ -47,15 +47,9 @@ class BucketInspector:
     is a :class:`~archiver.errors.StoreError`; a missing bucket is
     :class:`~archiver.errors.StoreAccessDenied`."""
 
-    def __init__(
-        self,
-        settings: StorageSettings,
-        *,
-        credentials: tuple[str, str] | None = None,
-        max_attempts: int = 5,
-    ) -> None:
+    def __init__(self, settings: StorageSettings, *, credentials: tuple[str, str] | None = None):
         self.bucket = settings.bucket
-        _, self._client = make_client(settings, credentials, max_attempts)
+        _, self._client = make_client(settings, credentials)  # the store's retries
 
     def check(self) -> None:
         """Fail fast if the bucket is missing or refuses us (HEAD of a missing bucket is

@@ -208,7 +208,7 @@ def _client_config(settings: StorageSettings, max_attempts: int) -> Config:
 
 
 def make_client(
-    settings: StorageSettings, credentials: tuple[str, str] | None, max_attempts: int
+    settings: StorageSettings, credentials: tuple[str, str] | None, max_attempts: int = 5
 ) -> tuple[botocore.session.Session, S3Client]:
     """A botocore session and S3 client for ``settings`` (the store's, and the bucket
     inspector's in :mod:`archiver.store.bucket`). ``credentials`` (access key, secret

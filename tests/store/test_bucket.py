@@ -76,13 +76,13 @@ def test_a_missing_bucket_or_refused_credentials_are_access_denied(
 ) -> None:
     """check() and state() name a bucket that does not exist; a wrong secret is refused."""
     missing = s3_settings.model_copy(update={"bucket": "no-such-bucket-here"})
-    with BucketInspector(missing, credentials=seaweedfs.credentials, max_attempts=1) as bucket:
+    with BucketInspector(missing, credentials=seaweedfs.credentials) as bucket:
         with pytest.raises(StoreAccessDenied, match="no-such-bucket-here does not exist"):
             bucket.check()
         with pytest.raises(StoreAccessDenied, match="does not exist"):
             bucket.state()
     wrong = (seaweedfs.access_key, "wrong-secret")
-    with BucketInspector(s3_settings, credentials=wrong, max_attempts=1) as bucket:
+    with BucketInspector(s3_settings, credentials=wrong) as bucket:
         for call in (bucket.check, bucket.state, lambda: bucket.delete("test/k")):
             with pytest.raises(StoreAccessDenied) as caught:
                 call()
