@@ -33,7 +33,7 @@ import structlog
 
 from archiver import __version__, errors
 from archiver import config as config_mod
-from archiver.errors import AlreadyRunning, ArchiverError, ConfigError
+from archiver.errors import AlreadyRunning, ArchiverError, ConfigError, StoreError
 from archiver.results import EXIT_INCOMPLETE, EXIT_OK, EXIT_SYSTEMIC, EXIT_USAGE, RunSummary
 
 if TYPE_CHECKING:
@@ -620,14 +620,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
             deep=args.deep,
             seed=args.seed,
         )
-        report = run_verify(
-            ctx.store,
-            Layout(ctx.settings.storage.clean_prefix),
-            trusted,
-            scope,
-            require_lock=ctx.settings.object_lock.mode is not None,
-            identities=identities,
-        )
+        try:
+            report = run_verify(
+                ctx.store,
+                Layout(ctx.settings.storage.clean_prefix),
+                trusted,
+                scope,
+                require_lock=ctx.settings.object_lock.mode is not None,
+                identities=identities,
+            )
+        except StoreError as exc:  # no verdict: exit 3 even when retryable, never 1
+            print(
+                f"idpass-archiver: {exc.reason}: {exc}; the archive was not verified",
+                file=sys.stderr,
+            )
+            return EXIT_SYSTEMIC
         ctx.log.info(
             "verify_finished",
             ok=report.ok,

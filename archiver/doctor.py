@@ -5,11 +5,16 @@ signing key loads, the bucket exists with default encryption, versioning and Obj
 Lock are as the config asks, a scratch object round-trips with the configured
 encryption (written, read, hashed, deleted), and the clock agrees with the storage
 server's. Each check is one line; any failure makes the exit code non-zero.
+
+The round trip goes through the archive store; what only doctor asks of the bucket
+(its settings, deleting the scratch object) goes through a
+:class:`~archiver.store.bucket.BucketInspector`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
@@ -21,7 +26,8 @@ from archiver.config import Settings
 from archiver.core.format import Layout
 from archiver.errors import ApiAuthError, ApiError, ApiNotFound, ArchiverError, ConfigError
 from archiver.idpass.client import IdPassClient
-from archiver.store.s3 import S3Store
+from archiver.store import ObjectStore
+from archiver.store.bucket import BucketInspector
 
 MAX_SKEW_SECONDS = 60.0
 
@@ -77,7 +83,28 @@ def _signing(settings: Settings) -> Check:
 
 
 def run_doctor(
-    settings: Settings, store: S3Store, clock: Clock, *, api_check: bool = True
+    settings: Settings,
+    store: ObjectStore,
+    clock: Clock,
+    *,
+    api_check: bool = True,
+    bucket: BucketInspector | None = None,
+) -> list[Check]:
+    """The checklist. ``bucket`` defaults to an inspector of ``settings.storage`` with
+    botocore's credential chain (as the CLI's store has), closed before returning."""
+    with contextlib.ExitStack() as closing:
+        if bucket is None:
+            bucket = closing.enter_context(BucketInspector(settings.storage))
+        return _checks(settings, store, bucket, clock, api_check=api_check)
+
+
+def _checks(
+    settings: Settings,
+    store: ObjectStore,
+    bucket: BucketInspector,
+    clock: Clock,
+    *,
+    api_check: bool,
 ) -> list[Check]:
     checks = [Check("config", True, f"loaded from {settings.source_path}")]
     if settings.api is None or not api_check:
@@ -86,8 +113,8 @@ def run_doctor(
         checks.append(_api(settings))
     checks.append(_signing(settings))
     steps: list[tuple[str, Callable[[], list[Check]]]] = [
-        ("bucket", lambda: _bucket(settings, store, clock)),
-        ("round trip", lambda: [_round_trip(settings, store)]),
+        ("bucket", lambda: _bucket(settings, bucket, clock)),
+        ("round trip", lambda: [_round_trip(settings, store, bucket)]),
     ]
     for name, step in steps:
         try:
@@ -108,8 +135,8 @@ def run_doctor(
     return checks
 
 
-def _bucket(settings: Settings, store: S3Store, clock: Clock) -> list[Check]:
-    state = store.bucket_state()
+def _bucket(settings: Settings, bucket: BucketInspector, clock: Clock) -> list[Check]:
+    state = bucket.state()
     out = [Check("bucket", True, f"{settings.storage.bucket} exists and answers")]
     out.append(
         Check(
@@ -156,7 +183,7 @@ def _bucket(settings: Settings, store: S3Store, clock: Clock) -> list[Check]:
     return out
 
 
-def _round_trip(settings: Settings, store: S3Store) -> Check:
+def _round_trip(settings: Settings, store: ObjectStore, bucket: BucketInspector) -> Check:
     layout = Layout(settings.storage.clean_prefix)
     key = f"{layout.passes_root().removesuffix('passes/')}.doctor/{uuid.uuid4().hex}"
     data = os.urandom(1024)
@@ -166,7 +193,7 @@ def _round_trip(settings: Settings, store: S3Store) -> Check:
         info = store.head(key, version_id=put.version_id)
         back = store.get(key, version_id=put.version_id)
     finally:
-        store.delete(key, version_id=put.version_id)
+        bucket.delete(key, version_id=put.version_id)
     if back != data:
         return Check("round trip", False, f"{key}: read back different bytes")
     if info is None or info.encryption != settings.storage.sse:

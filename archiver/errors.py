@@ -22,6 +22,7 @@ data, cipher keys, tokens or response bodies: only ids, keys, statuses and reaso
     ├── StoreError                                    anything from S3
     │   ├── StoreUnavailable          yes       yes*  endpoint down, 5xx, throttled
     │   ├── StoreAccessDenied         no        yes   credentials / policy
+    │   ├── ObjectNotFound            no        no    no such key or version (a read)
     │   ├── ObjectConflict            no        no    key exists with other content
     │   └── EncryptionRefused         no        yes   a write would not be encrypted
     ├── CatalogError                  no        yes   the catalog database
@@ -191,6 +192,14 @@ class StoreAccessDenied(StoreError):
     """The store refused our credentials or the bucket policy denied the request."""
 
     systemic = True
+
+
+class ObjectNotFound(StoreError):
+    """The store answered, and it holds no object at that key (or no such version).
+
+    Only this error says "not there": every other :class:`StoreError` means the store
+    could not be asked (refused credentials, unreachable, a server error), which
+    tells nothing about the object."""
 
 
 class ObjectConflict(StoreError):

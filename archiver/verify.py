@@ -14,6 +14,11 @@ signing key, no catalog. For each pass manifest in scope it checks:
 and across the archive (``all``): objects under ``passes/`` that no manifest lists
 (orphans), and the hash chain of signed run manifests: a run manifest deleted from
 the middle of a chain, or altered, breaks a link.
+
+Only the store saying an object is not there (``head`` None, ``get``
+:class:`~archiver.errors.ObjectNotFound`) is a finding. Any other
+:class:`~archiver.errors.StoreError` (credentials refused, the endpoint unreachable)
+says nothing about the archive: it propagates, and verify ends without a verdict.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from archiver.core.format import (
     signature_key,
 )
 from archiver.core.signing import Verifier
-from archiver.errors import FormatError, StoreError
+from archiver.errors import FormatError, ObjectNotFound
 from archiver.store import ObjectInfo, ObjectStore
 
 
@@ -115,7 +120,7 @@ class ArchiveChecker:
         """Check the detached signature of ``key``; record findings; True if good."""
         try:
             sig = self.store.get(signature_key(key))
-        except StoreError:
+        except ObjectNotFound:
             self._find("unsigned", key, "the detached signature is missing")
             return False
         if declared_key_id is not None and declared_key_id not in self.trusted:
@@ -136,7 +141,7 @@ class ArchiveChecker:
         accounted = {mkey, signature_key(mkey)}
         try:
             data = self.store.get(mkey)
-        except StoreError:
+        except ObjectNotFound:
             self._find("missing", mkey, "the pass manifest is missing", pass_id)
             return accounted
         self.report.passes_checked += 1
@@ -208,7 +213,7 @@ class ArchiveChecker:
         """Download the recorded version and hash it again."""
         try:
             body = self.store.get(entry.key, version_id=entry.version_id)
-        except StoreError as exc:
+        except ObjectNotFound as exc:  # gone since its head: nothing to hash
             self._find("unreadable", entry.key, exc.message, pass_id)
             return
         self.report.bytes_hashed += len(body)
@@ -337,6 +342,6 @@ def _listed_keys(store: ObjectStore, layout: Layout, pass_id: str) -> set[str]:
     keys = {mkey, signature_key(mkey)}
     try:
         manifest = PassManifest.parse(store.get(mkey))
-    except (StoreError, FormatError):
+    except (ObjectNotFound, FormatError):
         return keys
     return keys | manifest.keys()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import socket
 
 import botocore.exceptions
 import pytest
@@ -197,3 +199,95 @@ def test_objects_without_required_retention_are_reported_unlocked(
     assert proc.returncode == 1
     assert {f["kind"] for f in doc["findings"]} == {"unlocked"}
     assert doc["finding_counts"]["unlocked"] == doc["objects_checked"]
+
+
+@pytest.fixture
+def one_pass(cli_config, sandbox_http, tmp_path):
+    """An archive of one pass written by one CLI run, in the shape of ``audited``."""
+    cfg, env = cli_config
+    ids = archive_with_cli(cfg, env, sandbox_http, passes_per_run=1)
+    pub = tmp_path / "signing.pub.pem"
+    pub.write_bytes(TEST_SIGNER.verifier.public_pem())
+    return cfg, {k: v for k, v in env.items() if k.startswith("AWS_")}, ids, pub
+
+
+def _unreachable(cfg):
+    """A copy of the config whose S3 endpoint is a loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    text = re.sub(
+        r'endpoint_url = "[^"]*"', f'endpoint_url = "http://127.0.0.1:{port}"', cfg.read_text()
+    )
+    refused = cfg.with_name("unreachable.toml")
+    refused.write_text(text)
+    return refused
+
+
+# what goes wrong: (how it changes the auditor's env and config, what stderr must name)
+UNASKABLE = {
+    "wrong secret": (
+        lambda env, cfg: ({**env, "AWS_SECRET_ACCESS_KEY": "wrong-secret"}, cfg),
+        ("store_access_denied", "SignatureDoesNotMatch"),
+    ),
+    "no secret": (
+        lambda env, cfg: ({**env, "AWS_SECRET_ACCESS_KEY": ""}, cfg),
+        ("store_access_denied", "PartialCredentialsError"),
+    ),
+    "no credentials": (
+        lambda env, cfg: (
+            {
+                "AWS_ACCESS_KEY_ID": "",
+                "AWS_SECRET_ACCESS_KEY": "",
+                "AWS_SESSION_TOKEN": "",
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_CONFIG_FILE": str(cfg.with_name("no-aws-config")),
+                "AWS_SHARED_CREDENTIALS_FILE": str(cfg.with_name("no-aws-credentials")),
+            },
+            cfg,
+        ),
+        ("store_access_denied", "NoCredentialsError"),
+    ),
+    "endpoint refused": (
+        lambda env, cfg: (env, _unreachable(cfg)),
+        ("store_unavailable", "EndpointConnectionError"),
+    ),
+}
+
+
+@pytest.mark.parametrize("failure", list(UNASKABLE))
+def test_a_store_that_cannot_be_asked_is_exit_3_and_no_finding(one_pass, failure):
+    """Defect 4: a store verify cannot read (credentials refused or absent, nothing
+    listening) is no evidence about the archive. `--pass` used to report the manifest
+    `missing` (exit 1, which reads as tampering) while `--all` named the store error;
+    now both end with exit 3, the store error on stderr and no report on stdout."""
+    cfg, env, [pid], pub = one_pass
+    change, names = UNASKABLE[failure]
+    env, cfg = change(env, cfg)
+    for scope in (["--pass", pid], ["--all"]):
+        proc = run_cli(
+            ["verify", "--config", str(cfg), "--public-key", str(pub), "--json", *scope], env=env
+        )
+        assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+        assert proc.returncode == 3, (scope, proc.stdout, proc.stderr)
+        assert all(name in proc.stderr for name in names), (scope, proc.stderr)
+        assert "not verified" in proc.stderr
+        assert proc.stdout == ""  # no report, so no finding
+        assert "missing" not in proc.stderr
+
+
+def test_a_deleted_manifest_is_still_a_missing_finding(one_pass, seaweedfs, s3_bucket):
+    """The converse: a manifest really deleted (a delete marker over it) is a `missing`
+    finding, exit 1; a deleted signature beside an intact manifest is `unsigned`."""
+    _, _, [pid], _ = one_pass
+    manifest = _key("cli", pid, "manifest.json")
+    seaweedfs.client().delete_object(Bucket=s3_bucket, Key=manifest + ".sig")
+    code, doc = _verify(one_pass, "--pass", pid)
+    assert code == 1
+    assert [(f["kind"], f["key"]) for f in doc["findings"]] == [("unsigned", manifest)]
+    seaweedfs.client().delete_object(Bucket=s3_bucket, Key=manifest)
+    code, doc = _verify(one_pass, "--pass", pid)
+    assert code == 1
+    assert [(f["kind"], f["key"], f["pass_id"]) for f in doc["findings"]] == [
+        ("missing", manifest, pid)
+    ]

@@ -11,14 +11,23 @@ Contract of :class:`ObjectStore` (every implementation, real or in memory, passe
 * every write is encrypted server-side (``aws:kms`` with a key id by default, or
   ``AES256``); a write the server reports as unencrypted raises
   :class:`~archiver.errors.EncryptionRefused`.
-* ``head`` returns ``None`` for a missing key; ``get`` raises
-  :class:`~archiver.errors.StoreError` for one.
-* every other failure is a :class:`~archiver.errors.StoreError` subclass; retryable
-  ones are :class:`~archiver.errors.StoreUnavailable`.
+* ``head`` returns ``None`` for a missing key or version; ``get`` raises
+  :class:`~archiver.errors.ObjectNotFound` for one. These two are the only ways the
+  store says "not there".
+* every other failure is another :class:`~archiver.errors.StoreError` subclass, and
+  says nothing about whether the object exists: refused credentials are
+  :class:`~archiver.errors.StoreAccessDenied`, retryable failures (unreachable,
+  server errors, throttling) :class:`~archiver.errors.StoreUnavailable`.
 * ``put_async`` is ``put`` for an asyncio caller, with the same outcomes; it runs
   whatever blocks through the ``offload`` it is given (the pipeline's thread pool).
   The S3 store sends CRT puts without a thread; the memory store offloads ``put``.
 * implementations are thread-safe: the pipeline calls them from a thread pool.
+* ``close`` releases what the store holds open (connections, the CRT client). It may
+  be called more than once; the store is not used after it. What was stored stays.
+
+The contract is the archive's reads and writes only. Bucket-level operations, which
+only ``doctor`` needs (bucket settings, deleting its scratch object), are in
+:mod:`archiver.store.bucket`.
 """
 
 from __future__ import annotations
@@ -80,17 +89,6 @@ class ObjectInfo:
     retain_until: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class BucketState:
-    """Bucket-level settings, for the preflight check."""
-
-    default_encryption: str | None
-    versioning: str | None
-    object_lock: bool
-    default_lock_mode: str | None
-    server_time: datetime | None
-
-
 class ObjectStore(Protocol):
     """A narrow, thread-safe object store. See the module docstring for the contract."""
 
@@ -122,6 +120,8 @@ class ObjectStore(Protocol):
     def get(self, key: str, *, version_id: str | None = None) -> bytes: ...
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def close(self) -> None: ...
 
 
 class OffloadedPut:

@@ -28,7 +28,7 @@ from typing import Literal
 
 from archiver.clock import Clock, SystemClock
 from archiver.config import StorageSettings
-from archiver.errors import EncryptionRefused, StoreError, StoreUnavailable
+from archiver.errors import EncryptionRefused, ObjectNotFound, StoreUnavailable
 from archiver.store import ObjectInfo, ObjectLock, OffloadedPut, PutResult, reuse_existing
 
 __all__ = ["MemoryStore"]
@@ -140,7 +140,7 @@ class MemoryStore(OffloadedPut):
         with self._lock:
             version = self._find(key, version_id)
         if version is None:
-            raise StoreError(f"memory get {key}: no such object", key=key)
+            raise ObjectNotFound(f"memory get {key}: no such object", key=key)
         return version.data
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -155,6 +155,11 @@ class MemoryStore(OffloadedPut):
                 encryption=None,
                 last_modified=version.last_modified,
             )
+
+    def close(self) -> None:
+        """Nothing to release: the store holds no connection or file, only the dict.
+        It does nothing, and the objects stay readable, as a bucket's stay after its
+        client is closed."""
 
     # --- for tests ------------------------------------------------------------------
 

@@ -6,8 +6,11 @@ a conditional create (``If-None-Match: *``) carrying the SHA-256 we computed as 
 checksum and the configured server-side encryption; the server's answer is checked, and
 a write reported as unencrypted is refused.
 
-Errors are translated here and nowhere else (no botocore exception leaves this module):
+Errors are translated here, by :func:`raise_store_error` (which the bucket inspector in
+:mod:`archiver.store.bucket` shares), and nowhere else: no botocore exception leaves
+these two modules.
 
+    NoSuchKey, NoSuchVersion, 404 on a HEAD or GET           -> head: None, get: ObjectNotFound
     AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch,
     expired or missing credentials, any other 403           -> StoreAccessDenied
     NoSuchBucket                                              -> StoreAccessDenied
@@ -28,7 +31,6 @@ import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import botocore.loaders
@@ -40,12 +42,12 @@ from botocore.config import Config
 from archiver.config import StorageSettings
 from archiver.errors import (
     EncryptionRefused,
+    ObjectNotFound,
     StoreAccessDenied,
     StoreError,
     StoreUnavailable,
 )
 from archiver.store import (
-    BucketState,
     ObjectInfo,
     ObjectLock,
     Offload,
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
         PutObjectRequestTypeDef,
     )
 
-__all__ = ["S3Store"]
+__all__ = ["S3Store", "error_code", "make_client", "raise_store_error"]
 
 # A conditional put lost to an existing object. AWS answers 412 PreconditionFailed, or
 # 409 ConditionalRequestConflict while a concurrent conditional write is in flight.
@@ -175,14 +177,68 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None
 
 
+def _client_config(settings: StorageSettings, max_attempts: int) -> Config:
+    config_args: dict[str, Any] = {
+        "region_name": settings.region,
+        "max_pool_connections": settings.max_pool_connections,
+        # total_max_attempts counts the first try; botocore's "max_attempts" would not.
+        # "legacy" mode: exponential backoff on throttling, 5xx and connection
+        # errors, with no client-wide retry quota. "standard" mode's quota is only
+        # refilled by 2xx answers, and the archiver's normal answers include 404
+        # (no manifest yet) and 412 (object exists): in a long process the quota
+        # ran dry and retries silently stopped (found by the S3 fault proxy tests).
+        "retries": {"mode": "legacy", "total_max_attempts": max_attempts},
+        "connect_timeout": settings.connect_timeout_seconds,
+        "read_timeout": settings.read_timeout_seconds,
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+        # Every request is built here from typed values: botocore's own parameter
+        # validation only costs CPU on each of the ~16 requests a pass.
+        "parameter_validation": False,
+    }
+    # Every put carries the SHA-256 of its body in the signed x-amz-checksum-sha256
+    # header, which S3 checks: hashing each body again for the SigV4 payload hash
+    # (botocore's default whenever it did not compute the checksum itself) would
+    # only cost CPU.
+    s3_config: dict[str, Any] = {"payload_signing_enabled": False}
+    if settings.endpoint_url:
+        s3_config["addressing_style"] = "path"
+    config_args["s3"] = s3_config
+    return Config(**config_args)
+
+
+def make_client(
+    settings: StorageSettings, credentials: tuple[str, str] | None, max_attempts: int = 5
+) -> tuple[botocore.session.Session, S3Client]:
+    """A botocore session and S3 client for ``settings`` (the store's, and the bucket
+    inspector's in :mod:`archiver.store.bucket`). ``credentials`` (access key, secret
+    key) are for the demo and the tests; without them botocore's normal chain applies.
+    """
+    access_key, secret_key = credentials if credentials else (None, None)
+    session = _session()
+    try:  # resolves the credentials now: half of them set raises here
+        client = session.create_client(
+            "s3",
+            region_name=settings.region,
+            endpoint_url=settings.endpoint_url,
+            verify=settings.verify_tls,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=_client_config(settings, max_attempts),
+        )
+    except _CREDENTIAL_ERRORS as exc:
+        raise_store_error(exc, "client", settings.bucket, "")
+    return session, client  # type: ignore[return-value]
+
+
 class S3Store(OffloadedPut):
     """An :class:`~archiver.store.ObjectStore` on one S3 bucket. Thread-safe.
 
     ``credentials`` (access key, secret key) are for the demo and the tests; without
     them botocore's normal chain applies (environment, profile, IRSA, instance role).
     ``max_attempts`` is the number of tries per request, the first included (botocore's
-    legacy retry mode, see below: exponential backoff on throttling, 5xx and connection
-    errors).
+    legacy retry mode, see :func:`_client_config`: exponential backoff on throttling,
+    5xx and connection errors).
     """
 
     def __init__(
@@ -204,48 +260,11 @@ class S3Store(OffloadedPut):
                 "SSECustomerAlgorithm": "AES256",
                 "SSECustomerKey": base64.b64decode(settings.sse_customer_key.get_secret_value()),
             }
-        config_args: dict[str, Any] = {
-            "region_name": settings.region,
-            "max_pool_connections": settings.max_pool_connections,
-            # total_max_attempts counts the first try; botocore's "max_attempts" would not
-            # "legacy" mode: exponential backoff on throttling, 5xx and connection
-            # errors, with no client-wide retry quota. "standard" mode's quota is only
-            # refilled by 2xx answers, and the archiver's normal answers include 404
-            # (no manifest yet) and 412 (object exists): in a long process the quota
-            # ran dry and retries silently stopped (found by the S3 fault proxy tests).
-            "retries": {"mode": "legacy", "total_max_attempts": max_attempts},
-            "connect_timeout": settings.connect_timeout_seconds,
-            "read_timeout": settings.read_timeout_seconds,
-            "request_checksum_calculation": "when_required",
-            "response_checksum_validation": "when_required",
-            # Every request is built here from typed values: botocore's own parameter
-            # validation only costs CPU on each of the ~16 requests a pass.
-            "parameter_validation": False,
-        }
-        # Every put carries the SHA-256 of its body in the signed x-amz-checksum-sha256
-        # header, which S3 checks: hashing each body again for the SigV4 payload hash
-        # (botocore's default whenever it did not compute the checksum itself) would
-        # only cost CPU.
-        s3_config: dict[str, Any] = {"payload_signing_enabled": False}
-        if settings.endpoint_url:
-            s3_config["addressing_style"] = "path"
-        config_args["s3"] = s3_config
-        access_key, secret_key = credentials if credentials else (None, None)
-        session = _session()
-        self._session = session
         self._static_credentials = credentials
         self._max_attempts = max_attempts
         self._putter: CrtPutter | None = None
         self._putter_lock = threading.Lock()
-        self._client: S3Client = session.create_client(  # type: ignore[assignment]
-            "s3",
-            region_name=settings.region,
-            endpoint_url=settings.endpoint_url,
-            verify=settings.verify_tls,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            config=Config(**config_args),
-        )
+        self._session, self._client = make_client(settings, credentials, max_attempts)
 
     # --- the ObjectStore contract --------------------------------------------------
 
@@ -356,7 +375,7 @@ class S3Store(OffloadedPut):
 
     def _unless_exists(self, exc: bex.ClientError, key: str) -> None:
         """A refused put: return if S3 refused it because the key exists, else raise."""
-        if _code(exc) not in _EXISTS_CODES and _status(exc) != 412:
+        if error_code(exc) not in _EXISTS_CODES and _status(exc) != 412:
             self._raise(exc, "put", key)
 
     def _put_result(
@@ -455,7 +474,7 @@ class S3Store(OffloadedPut):
         try:
             resp = self._client.head_object(**self._read_request(key, version_id))
         except bex.ClientError as exc:
-            if _code(exc) in _NOT_FOUND_CODES:
+            if error_code(exc) in _NOT_FOUND_CODES:
                 return None
             self._raise(exc, "head", key)
         except Exception as exc:
@@ -478,7 +497,8 @@ class S3Store(OffloadedPut):
         )
 
     def get(self, key: str, *, version_id: str | None = None) -> bytes:
-        """The bytes of ``key``; when S3 holds a checksum, botocore verifies them against it."""
+        """The bytes of ``key``; when S3 holds a checksum, botocore verifies them against it.
+        :class:`ObjectNotFound` if S3 holds no such key or version."""
         try:
             resp = self._client.get_object(**self._read_request(key, version_id))
             body = resp["Body"]
@@ -489,9 +509,9 @@ class S3Store(OffloadedPut):
             finally:
                 body.close()
         except bex.ClientError as exc:
-            if _code(exc) in _NOT_FOUND_CODES:
-                raise StoreError(
-                    f"S3 get {self.bucket}/{key}: no such object ({_code(exc)})", key=key
+            if error_code(exc) in _NOT_FOUND_CODES:
+                raise ObjectNotFound(
+                    f"S3 get {self.bucket}/{key}: no such object ({error_code(exc)})", key=key
                 ) from exc
             self._raise(exc, "get", key)
         except Exception as exc:
@@ -514,81 +534,6 @@ class S3Store(OffloadedPut):
                     )
         except Exception as exc:
             self._raise(exc, "list", prefix)
-
-    # --- extras ---------------------------------------------------------------------
-
-    def check(self) -> None:
-        """Fail fast if the bucket is missing or refuses us (HEAD of a missing bucket is
-        indistinguishable from a missing key, so ``head`` cannot tell)."""
-        try:
-            self._client.head_bucket(Bucket=self.bucket)
-        except bex.ClientError as exc:
-            if _code(exc) in {"404", "NoSuchBucket", "NotFound"}:
-                raise StoreAccessDenied(
-                    f"S3 bucket {self.bucket} does not exist ({_code(exc)})"
-                ) from exc
-            self._raise(exc, "head-bucket", "")
-        except Exception as exc:
-            self._raise(exc, "head-bucket", "")
-
-    def bucket_state(self) -> BucketState:
-        """Default encryption, versioning, Object Lock and the server's clock (doctor)."""
-        client = self._client
-        try:
-            head = client.head_bucket(Bucket=self.bucket)
-        except bex.ClientError as exc:
-            if _code(exc) in {"404", "NoSuchBucket", "NotFound"}:
-                raise StoreAccessDenied(f"S3 bucket {self.bucket} does not exist") from exc
-            self._raise(exc, "head-bucket", "")
-        except Exception as exc:
-            self._raise(exc, "head-bucket", "")
-        date = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-        server_time = parsedate_to_datetime(date) if date else None
-        encryption: str | None = None
-        try:
-            rules = client.get_bucket_encryption(Bucket=self.bucket)[
-                "ServerSideEncryptionConfiguration"
-            ]["Rules"]
-            if rules:
-                encryption = rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"]
-        except bex.ClientError as exc:
-            if _code(exc) not in {"ServerSideEncryptionConfigurationNotFoundError", "404"}:
-                self._raise(exc, "get-bucket-encryption", "")
-        except Exception as exc:
-            self._raise(exc, "get-bucket-encryption", "")
-        try:
-            versioning = client.get_bucket_versioning(Bucket=self.bucket).get("Status")
-        except Exception as exc:
-            self._raise(exc, "get-bucket-versioning", "")
-        lock_enabled, default_mode = False, None
-        try:
-            cfg = client.get_object_lock_configuration(Bucket=self.bucket)[
-                "ObjectLockConfiguration"
-            ]
-            lock_enabled = cfg.get("ObjectLockEnabled") == "Enabled"
-            default_mode = cfg.get("Rule", {}).get("DefaultRetention", {}).get("Mode")
-        except bex.ClientError as exc:
-            if _code(exc) not in {"ObjectLockConfigurationNotFoundError", "404"}:
-                self._raise(exc, "get-object-lock-configuration", "")
-        except Exception as exc:
-            self._raise(exc, "get-object-lock-configuration", "")
-        return BucketState(
-            default_encryption=encryption,
-            versioning=versioning,
-            object_lock=lock_enabled,
-            default_lock_mode=default_mode,
-            server_time=server_time,
-        )
-
-    def delete(self, key: str, *, version_id: str | None = None) -> None:
-        """Delete one object version (doctor's scratch object only)."""
-        try:
-            if version_id is not None:
-                self._client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
-            else:
-                self._client.delete_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            self._raise(exc, "delete", key)
 
     def close(self) -> None:
         """Release the connection pools (botocore's, and the CRT client's if one was made)."""
@@ -617,30 +562,35 @@ class S3Store(OffloadedPut):
         return reuse_existing(f"S3 put {self.bucket}/{key}", info, stored, sha256)
 
     def _raise(self, exc: Exception, operation: str, key: str) -> NoReturn:
-        """Translate a botocore failure into the StoreError tree (and raise it)."""
-        where = f"S3 {operation} {self.bucket}/{key}"
-        if isinstance(exc, bex.ClientError):
-            code, status = _code(exc), _status(exc)
-            message = f"{where}: {code} (HTTP {status})"
-            if code == "NoSuchBucket":
-                raise StoreAccessDenied(
-                    f"{where}: bucket {self.bucket} does not exist (NoSuchBucket)", key=key
-                ) from exc
-            if code in _ACCESS_CODES or status == 403:
-                raise StoreAccessDenied(message, key=key) from exc
-            if code in _UNAVAILABLE_CODES or status >= 500 or status == 429:
-                raise StoreUnavailable(message, key=key) from exc
-            raise StoreError(message, key=key) from exc
-        name = type(exc).__name__
-        if isinstance(exc, _CREDENTIAL_ERRORS):
-            raise StoreAccessDenied(f"{where}: no usable credentials ({name})", key=key) from exc
-        if isinstance(exc, PutTransportError):
-            raise StoreUnavailable(f"{where}: {exc}", key=key) from exc
-        if isinstance(exc, _TRANSPORT_ERRORS):
-            raise StoreUnavailable(f"{where}: {name}", key=key) from exc
-        if isinstance(exc, bex.BotoCoreError):
-            raise StoreError(f"{where}: {name}", key=key) from exc
-        raise exc
+        raise_store_error(exc, operation, self.bucket, key)
+
+
+def raise_store_error(exc: Exception, operation: str, bucket: str, key: str) -> NoReturn:
+    """Translate a botocore failure of ``operation`` on ``bucket``/``key`` into the
+    StoreError tree (and raise it); see the module docstring."""
+    where = f"S3 {operation} {bucket}/{key}"
+    if isinstance(exc, bex.ClientError):
+        code, status = error_code(exc), _status(exc)
+        message = f"{where}: {code} (HTTP {status})"
+        if code == "NoSuchBucket":
+            raise StoreAccessDenied(
+                f"{where}: bucket {bucket} does not exist (NoSuchBucket)", key=key
+            ) from exc
+        if code in _ACCESS_CODES or status == 403:
+            raise StoreAccessDenied(message, key=key) from exc
+        if code in _UNAVAILABLE_CODES or status >= 500 or status == 429:
+            raise StoreUnavailable(message, key=key) from exc
+        raise StoreError(message, key=key) from exc
+    name = type(exc).__name__
+    if isinstance(exc, _CREDENTIAL_ERRORS):
+        raise StoreAccessDenied(f"{where}: no usable credentials ({name})", key=key) from exc
+    if isinstance(exc, PutTransportError):
+        raise StoreUnavailable(f"{where}: {exc}", key=key) from exc
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        raise StoreUnavailable(f"{where}: {name}", key=key) from exc
+    if isinstance(exc, bex.BotoCoreError):
+        raise StoreError(f"{where}: {name}", key=key) from exc
+    raise exc
 
 
 _PUT_HEADERS = {
@@ -677,7 +627,8 @@ def _iso8601(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if value.microsecond else "%Y-%m-%dT%H:%M:%SZ")
 
 
-def _code(exc: bex.ClientError) -> str:
+def error_code(exc: bex.ClientError) -> str:
+    """The S3 error code of an answer, or its HTTP status when it has none (HEAD)."""
     return str(exc.response.get("Error", {}).get("Code", "")) or str(_status(exc))
 
 

@@ -1,14 +1,16 @@
 """The ObjectStore contract, run against MemoryStore and against S3Store on SeaweedFS.
 
 Each backend comes with a back door that writes around the store (as another writer
-could: unconditionally, without a checksum, or unencrypted) and a count of the versions
-each key holds, which is the number of writes that happened.
+could: unconditionally, without a checksum, or unencrypted), one that deletes a key
+around it, a count of the versions each key holds (the number of writes that
+happened), and a way to open another store on the same bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -22,6 +24,7 @@ from archiver.config import StorageSettings
 from archiver.errors import (
     EncryptionRefused,
     ObjectConflict,
+    ObjectNotFound,
     StoreAccessDenied,
     StoreError,
     StoreUnavailable,
@@ -45,6 +48,8 @@ class Backend:
     make: Callable[[Sse], ObjectStore]  # another store on the same bucket, other encryption
     versions: Callable[[str], int]
     backdoor_put: Callable[[str, bytes, bool], str]  # (key, data, encrypted) -> version id
+    backdoor_delete: Callable[[str], None]  # delete the key (S3: a delete marker over it)
+    reopen: Callable[[], ObjectStore]  # another store on the same bucket
 
 
 @pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.integration)])
@@ -58,6 +63,8 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
             backdoor_put=lambda key, data, encrypted: memory.backdoor_put(
                 key, data, checksum=False, encrypted=encrypted
             ),
+            backdoor_delete=memory.remove,
+            reopen=lambda: memory,  # its dict is the bucket: the same store is the only other
         )
         return
     seaweedfs: SeaweedFS = request.getfixturevalue("seaweedfs")
@@ -84,6 +91,10 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         make=make,
         versions=lambda key: seaweedfs.versions_per_key(settings.bucket, key).get(key, 0),
         backdoor_put=backdoor_put,
+        backdoor_delete=lambda key: seaweedfs.client().delete_object(
+            Bucket=settings.bucket, Key=key
+        ),
+        reopen=lambda: make("aws:kms"),
     )
     for store in stores:
         store.close()
@@ -161,14 +172,55 @@ def test_head_of_a_missing_key_is_none(backend: Backend) -> None:
     assert backend.store.head("test/nothing/here") is None
 
 
-def test_get_of_a_missing_key_raises_store_error_with_the_key(backend: Backend) -> None:
-    """get of a key that was never written raises a non-retryable StoreError naming the key."""
-    with pytest.raises(StoreError) as caught:
+def test_get_of_a_missing_key_raises_object_not_found_with_the_key(backend: Backend) -> None:
+    """get of a key that was never written raises ObjectNotFound (a StoreError, not
+    retryable, not systemic) naming the key."""
+    with pytest.raises(ObjectNotFound) as caught:
         backend.store.get("test/nothing/here")
 
+    assert isinstance(caught.value, StoreError)
     assert caught.value.key == "test/nothing/here"
-    assert not caught.value.retryable
+    assert not caught.value.retryable and not caught.value.systemic
     assert "test/nothing/here" in str(caught.value)
+
+
+def test_a_missing_version_of_an_existing_key_is_not_found(backend: Backend) -> None:
+    """A version id the key does not hold (here: another key's): head None, get
+    ObjectNotFound; the key's own version still reads."""
+    data, other = b"the key's own bytes", b"another key"
+    own = backend.store.put("test/versioned.json", data, sha256=sha(data), content_type=JPEG)
+    elsewhere = backend.store.put("test/other.json", other, sha256=sha(other), content_type=JPEG)
+
+    assert backend.store.head("test/versioned.json", version_id=elsewhere.version_id) is None
+    with pytest.raises(ObjectNotFound) as caught:
+        backend.store.get("test/versioned.json", version_id=elsewhere.version_id)
+
+    assert caught.value.key == "test/versioned.json"
+    assert backend.store.get("test/versioned.json", version_id=own.version_id) == data
+
+
+def test_a_deleted_key_is_not_found(backend: Backend) -> None:
+    """A key deleted around the store (in S3: a delete marker over its versions): head
+    None, get ObjectNotFound."""
+    data = b"deleted by someone else"
+    backend.store.put("test/deleted.json", data, sha256=sha(data), content_type=JPEG)
+    backend.backdoor_delete("test/deleted.json")
+
+    assert backend.store.head("test/deleted.json") is None
+    with pytest.raises(ObjectNotFound):
+        backend.store.get("test/deleted.json")
+
+
+def test_close_may_be_called_twice_and_what_was_stored_stays(backend: Backend) -> None:
+    """close() releases the store; a second close() is harmless, and what was written
+    before reads back through another store on the same bucket."""
+    data = b"written before close"
+    backend.store.put("test/kept.json", data, sha256=sha(data), content_type=JPEG)
+
+    backend.store.close()
+    backend.store.close()
+
+    assert backend.reopen().get("test/kept.json") == data
 
 
 def test_list_yields_the_objects_under_a_prefix_in_key_order(backend: Backend) -> None:
@@ -310,10 +362,64 @@ def test_put_async_from_an_event_loop_has_the_outcomes_of_put(backend: Backend) 
 # --- S3 only: credentials and the network ----------------------------------------------
 
 
+def test_the_s3_store_offers_the_contract_and_nothing_more() -> None:
+    """Bucket-level operations (settings, deleting) are not on the archive store: they
+    are doctor's, in archiver.store.bucket."""
+    methods = {n for n in dir(S3Store) if not n.startswith("_") and callable(getattr(S3Store, n))}
+    assert methods == {"put", "put_async", "head", "get", "list", "close"}
+    assert {n for n in dir(ObjectStore) if not n.startswith("_")} == methods
+
+
+def _connections_to(port: int) -> int:
+    """How many TCP sockets this process holds open to ``port`` on any host (Linux)."""
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed since it was listed
+            continue
+        if link.startswith("socket:["):
+            ours.add(link.removeprefix("socket:[").removesuffix("]"))
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table, encoding="ascii") as rows:
+            next(rows)  # the header
+            for row in rows:
+                fields = row.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                count += remote_port == port and fields[9] in ours
+    return count
+
+
+@pytest.mark.parametrize("put_client", ["crt", "botocore"])
+def test_close_releases_the_connections(
+    seaweedfs: SeaweedFS, s3_settings: StorageSettings, put_client: str
+) -> None:
+    """After close() the store holds no connection to the server: neither botocore's
+    pool (HEAD, GET, LIST) nor the CRT client's (puts)."""
+    port = seaweedfs.ports["s3"]
+    before = _connections_to(port)
+    settings = s3_settings.model_copy(update={"put_client": put_client})
+    store = S3Store(settings, credentials=seaweedfs.credentials)
+    data = b"x" * 100
+    try:
+        store.put("test/close.json", data, sha256=sha(data), content_type=JPEG)
+        assert store.get("test/close.json") == data and list(store.list("test/"))
+        assert _connections_to(port) > before
+    finally:
+        store.close()
+    deadline = time.monotonic() + 10  # the CRT closes its connections on its own threads
+    while _connections_to(port) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _connections_to(port) == before
+
+
 def test_wrong_credentials_are_access_denied(
     seaweedfs: SeaweedFS, s3_settings: StorageSettings
 ) -> None:
-    """A wrong secret or an unknown access key makes every call raise StoreAccessDenied."""
+    """A wrong secret or an unknown access key makes every call raise StoreAccessDenied;
+    never ObjectNotFound, though the key asked for does not exist: a store that refused
+    to answer has said nothing about the key."""
     data = b"x"
     for credentials in [(seaweedfs.access_key, "wrong-secret"), ("unknown-key", "whatever")]:
         with S3Store(s3_settings, credentials=credentials, max_attempts=1) as store:
@@ -332,12 +438,11 @@ def test_wrong_credentials_are_access_denied(
 def test_a_missing_bucket_is_a_systemic_error(
     seaweedfs: SeaweedFS, s3_settings: StorageSettings
 ) -> None:
-    """A bucket that does not exist raises StoreAccessDenied; check() says so up front."""
+    """A bucket that does not exist raises StoreAccessDenied (tests/store/test_bucket.py:
+    the bucket inspector's check() says so up front)."""
     settings = s3_settings.model_copy(update={"bucket": "no-such-bucket-here"})
     data = b"x"
     with S3Store(settings, credentials=seaweedfs.credentials, max_attempts=1) as store:
-        with pytest.raises(StoreAccessDenied, match="does not exist"):
-            store.check()
         with pytest.raises(StoreAccessDenied, match="NoSuchBucket"):
             store.put("test/k", data, sha256=sha(data), content_type=JPEG)
         with pytest.raises(StoreAccessDenied, match="NoSuchBucket"):

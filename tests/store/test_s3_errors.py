@@ -29,6 +29,7 @@ from archiver.config import StorageSettings
 from archiver.errors import (
     EncryptionRefused,
     ObjectConflict,
+    ObjectNotFound,
     StoreAccessDenied,
     StoreError,
     StoreUnavailable,
@@ -334,6 +335,37 @@ def test_s3_error_codes_map_onto_the_store_errors(
     assert SECRET_TEXT not in message
 
 
+@pytest.mark.parametrize("served", ["botocore"], indirect=True)  # GET is botocore's alone
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (404, "NoSuchKey", ObjectNotFound),
+        (404, "NoSuchVersion", ObjectNotFound),
+        (404, "NoSuchBucket", StoreAccessDenied),
+        (403, "AccessDenied", StoreAccessDenied),
+        (403, "SignatureDoesNotMatch", StoreAccessDenied),
+        (403, "InvalidAccessKeyId", StoreAccessDenied),
+        (503, "SlowDown", StoreUnavailable),
+        (500, "InternalError", StoreUnavailable),
+        (400, "InvalidArgument", StoreError),
+        (405, "MethodNotAllowed", StoreError),
+    ],
+)
+def test_only_no_such_key_or_version_is_object_not_found_on_get(
+    served: Any, status: int, code: str, expected: type[StoreError]
+) -> None:
+    """get raises ObjectNotFound only when S3 says the key or version is not there; a
+    refusal, a missing bucket or a server error stays what it is."""
+    store, _ = served(error(status, code))
+
+    with pytest.raises(StoreError) as caught:
+        store.get(KEY, version_id="v1")
+
+    assert type(caught.value) is expected
+    assert caught.value.key == KEY and code in str(caught.value)
+    assert SECRET_TEXT not in str(caught.value)
+
+
 def test_a_bodyless_403_on_head_is_access_denied(served: Any) -> None:
     """HEAD answers have no body: a bare 403 is still StoreAccessDenied."""
     store, _ = served(answer(403))
@@ -394,3 +426,20 @@ def test_a_put_never_answered_times_out(served: Any) -> None:
     with pytest.raises(StoreUnavailable, match="ReadTimeoutError"):
         served.put(store, KEY, DATA, sha256=SHA, content_type="image/jpeg")
     assert time.monotonic() - began < 3.5
+
+
+def test_half_the_credentials_is_access_denied_when_the_store_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An access key without its secret fails as the store is made (botocore resolves
+    credentials then): StoreAccessDenied naming botocore's error, no secret shown."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "an-access-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "")
+    settings = StorageSettings(
+        bucket="unit-bucket", endpoint_url="http://s3.test", kms_key_id="archive-key"
+    )
+
+    with pytest.raises(StoreAccessDenied, match="PartialCredentialsError") as caught:
+        S3Store(settings)
+
+    assert caught.value.systemic and "an-access-key" not in str(caught.value)
