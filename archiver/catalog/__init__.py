@@ -16,7 +16,7 @@ from typing import Protocol
 
 
 class Outcome(StrEnum):
-    """What happened to a pass (DESIGN.md). ``PENDING`` means nothing yet."""
+    """What happened to a pass (the README's Outcomes table). ``PENDING``: nothing yet."""
 
     PENDING = "pending"
     ARCHIVED = "archived"

@@ -3,7 +3,7 @@
 When ``/idpass/details`` is called without ``cipher_key``, GlobalData returns the
 sensitive fields encrypted with the pass's cipher key (a Base64 AES-256 key returned
 once by ``/idpass/register``). The exact format is not public. The project's stance
-(API.md) is:
+is:
 
 * each encrypted value is a JSON string: ``Base64(nonce[12] || ciphertext || tag[16])``,
   AES-256-GCM, no associated data;

@@ -1,6 +1,6 @@
 """Typed models of the ID Pass wire shape. Every guess about field names lives here.
 
-The public pages (API.md) list the data points but not the exact JSON nesting. The
+The public API pages list the data points but not the exact JSON nesting. The
 project's guesses:
 
 * the details response is a JSON object at top level; if it is wrapped as

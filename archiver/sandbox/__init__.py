@@ -1,6 +1,6 @@
 """A local simulator of GlobalData's ID Pass API, for demos, tests and benchmarks.
 
-It implements the public facts and the project's stances of API.md (see
+It implements the public facts of the ID Pass API and the project's stances (see
 :mod:`archiver.sandbox.details` for the choices it makes where the pages are
 silent), plus admin routes under ``/_sandbox/`` to create passes in any state,
 move the clock, read the ground truth and inject faults. Nothing on the

@@ -1,6 +1,6 @@
 """The ``/idpass/details`` document of a sandbox pass, as a pure function of the record.
 
-The shape follows the project's guesses in :mod:`archiver.idpass.models` and API.md:
+The shape follows the project's guesses about the wire format:
 a top-level object (no envelope), settings under ``config``, images under
 ``images`` as ``{slot: Base64 JPEG | null}``. Everything but the images is derived
 deterministically from the pass id, so two reads of a pass agree.
