@@ -94,7 +94,7 @@ def run_doctor(
     botocore's credential chain (as the CLI's store has), closed before returning."""
     with contextlib.ExitStack() as closing:
         if bucket is None:
-            bucket = closing.enter_context(BucketInspector(settings.storage))
+            bucket = closing.enter_context(contextlib.closing(BucketInspector(settings.storage)))
         return _checks(settings, store, bucket, clock, api_check=api_check)
 
 

@@ -93,12 +93,6 @@ class BucketInspector:
         """Release the client's connection pool."""
         self._client.close()
 
-    def __enter__(self) -> BucketInspector:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     # --- internals --------------------------------------------------------------------
 
     def _head_bucket(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from contextlib import closing
 from datetime import UTC, datetime
 
 import pytest
@@ -20,7 +21,7 @@ def test_the_state_of_a_locked_bucket_and_its_default_encryption(
 ) -> None:
     """An Object Lock bucket is versioned; its default encryption shows once set; the
     server's clock comes from its Date header."""
-    with BucketInspector(s3_settings, credentials=seaweedfs.credentials) as bucket:
+    with closing(BucketInspector(s3_settings, credentials=seaweedfs.credentials)) as bucket:
         bucket.check()
         before = bucket.state()
         seaweedfs.client().put_bucket_encryption(
@@ -46,7 +47,7 @@ def test_the_state_of_a_plain_bucket(seaweedfs: SeaweedFS, s3_settings: StorageS
     name = f"plain-{uuid.uuid4().hex[:12]}"
     seaweedfs.client().create_bucket(Bucket=name)
     settings = s3_settings.model_copy(update={"bucket": name})
-    with BucketInspector(settings, credentials=seaweedfs.credentials) as bucket:
+    with closing(BucketInspector(settings, credentials=seaweedfs.credentials)) as bucket:
         state = bucket.state()
 
     assert (state.object_lock, state.default_lock_mode) == (False, None)
@@ -61,7 +62,7 @@ def test_delete_removes_the_scratch_version(
     key = "test/.doctor/scratch"
     with (
         S3Store(s3_settings, credentials=seaweedfs.credentials) as store,
-        BucketInspector(s3_settings, credentials=seaweedfs.credentials) as bucket,
+        closing(BucketInspector(s3_settings, credentials=seaweedfs.credentials)) as bucket,
     ):
         put = store.put(key, data, sha256=hashlib.sha256(data).hexdigest(), content_type="x")
         bucket.delete(key, version_id=put.version_id)
@@ -76,13 +77,13 @@ def test_a_missing_bucket_or_refused_credentials_are_access_denied(
 ) -> None:
     """check() and state() name a bucket that does not exist; a wrong secret is refused."""
     missing = s3_settings.model_copy(update={"bucket": "no-such-bucket-here"})
-    with BucketInspector(missing, credentials=seaweedfs.credentials) as bucket:
+    with closing(BucketInspector(missing, credentials=seaweedfs.credentials)) as bucket:
         with pytest.raises(StoreAccessDenied, match="no-such-bucket-here does not exist"):
             bucket.check()
         with pytest.raises(StoreAccessDenied, match="does not exist"):
             bucket.state()
     wrong = (seaweedfs.access_key, "wrong-secret")
-    with BucketInspector(s3_settings, credentials=wrong) as bucket:
+    with closing(BucketInspector(s3_settings, credentials=wrong)) as bucket:
         for call in (bucket.check, bucket.state, lambda: bucket.delete("test/k")):
             with pytest.raises(StoreAccessDenied) as caught:
                 call()
