@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from archiver.clock import Clock, SystemClock
-from archiver.config import StorageSettings
 from archiver.errors import EncryptionRefused, ObjectNotFound, StoreUnavailable
 from archiver.store import ObjectInfo, ObjectLock, OffloadedPut, PutResult, reuse_existing
 
@@ -82,10 +81,6 @@ class MemoryStore(OffloadedPut):
         self._lock = threading.Lock()
         self._objects: dict[str, builtins.list[_Version]] = {}  # key -> versions, oldest first
         self._put_calls: Counter[str] = Counter()
-
-    @classmethod
-    def from_settings(cls, settings: StorageSettings, *, clock: Clock | None = None) -> MemoryStore:
-        return cls(sse=settings.sse, kms_key_id=settings.kms_key_id, clock=clock)
 
     # --- the ObjectStore contract --------------------------------------------------
 
