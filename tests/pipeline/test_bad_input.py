@@ -162,6 +162,28 @@ def _cases(base: dict, jpeg_b64: str):
 _DROP = object()
 
 
+def _run(handler, catalog, store, options, **run_args):
+    """One pipeline run against answers from ``handler`` (no network)."""
+
+    async def go():
+        with ThreadPoolExecutor(4) as pool:
+            async with IdPassClient(
+                "http://api.test", "t", transport=httpx.MockTransport(handler)
+            ) as api:
+                return await Pipeline(
+                    api=api,
+                    store=store,
+                    catalog=catalog,
+                    layout=Layout("t"),
+                    options=options,
+                    clock=SystemClock(),
+                    executor=pool,
+                    signer=TEST_SIGNER,
+                ).run(**run_args)
+
+    return asyncio.run(go())
+
+
 @pytest.fixture
 def base_doc(sandbox_http):
     """A real details document (plaintext, one image) from the sandbox."""
@@ -204,23 +226,7 @@ def test_bad_input_table(base_doc, tmp_path, pii_watch):
         concurrency=4, kms_key_id="k", max_image_bytes=len(base64.b64decode(jpeg)) * 10
     )
 
-    async def go():
-        with ThreadPoolExecutor(4) as pool:
-            async with IdPassClient(
-                "http://api.test", "t", transport=httpx.MockTransport(handler)
-            ) as api:
-                return await Pipeline(
-                    api=api,
-                    store=store,
-                    catalog=catalog,
-                    layout=Layout("t"),
-                    options=options,
-                    clock=SystemClock(),
-                    executor=pool,
-                    signer=TEST_SIGNER,
-                ).run()
-
-    summary = asyncio.run(go())
+    summary = _run(handler, catalog, store, options)
     got = {by_id[r.pass_id]: r for r in summary.results}
     assert set(got) == set(cases), "the run carried on through every case"
     for name, (_, outcome, fragment) in cases.items():
@@ -250,23 +256,8 @@ def test_refused_token_stops_the_run(status, tmp_path):
         calls.append(1)
         return httpx.Response(status, json={"error": {"code": "unauthorized"}})
 
-    async def go():
-        with ThreadPoolExecutor(2) as pool:
-            async with IdPassClient(
-                "http://api.test", "t", transport=httpx.MockTransport(handler)
-            ) as api:
-                return await Pipeline(
-                    api=api,
-                    store=MemoryStore(kms_key_id="k"),
-                    catalog=catalog,
-                    layout=Layout("t"),
-                    options=PipelineOptions(concurrency=1, requests=1, kms_key_id="k"),
-                    clock=SystemClock(),
-                    executor=pool,
-                    signer=TEST_SIGNER,
-                ).run()
-
-    summary = asyncio.run(go())
+    options = PipelineOptions(concurrency=1, requests=1, kms_key_id="k")
+    summary = _run(handler, catalog, MemoryStore(kms_key_id="k"), options)
     assert summary.exit_code == EXIT_SYSTEMIC and "api_auth_error" in summary.systemic_error
     assert len(calls) == 1  # it stopped instead of hammering the API
     assert catalog.counts() == {"pending": 5}
@@ -311,25 +302,10 @@ def test_an_unexpected_error_is_retried_only_while_attempts_last(base_doc, tmp_p
     catalog.upsert([PassUpsert(pid, "test")])
     store = MemoryStore(kms_key_id="k")
 
-    async def once():
-        with ThreadPoolExecutor(2) as pool:
-            async with IdPassClient(
-                "http://api.test", "t", transport=httpx.MockTransport(handler)
-            ) as api:
-                return await Pipeline(
-                    api=api,
-                    store=store,
-                    catalog=catalog,
-                    layout=Layout("t"),
-                    options=PipelineOptions(kms_key_id="k", max_attempts=3),
-                    clock=SystemClock(),
-                    executor=pool,
-                    signer=TEST_SIGNER,
-                ).run(pass_ids=[pid])
-
+    options = PipelineOptions(kms_key_id="k", max_attempts=3)
     outcomes = []
     for _ in range(4):
-        [result] = asyncio.run(once()).results
+        [result] = _run(handler, catalog, store, options, pass_ids=[pid]).results
         outcomes.append(result.outcome)
     assert outcomes[:3] == [Outcome.RETRY, Outcome.RETRY, Outcome.FAILED]
     assert "internal_error: DecompressionBombError" in result.reason
