@@ -6,7 +6,8 @@ serves until SIGTERM or SIGINT, and exits 0 after a clean shutdown.
 ``--fault-rates JSON`` starts it injecting random faults, as ``POST
 /_sandbox/fault-rates`` would, e.g.
 ``--fault-rates '{"rates": {"503": 0.05, "429": 0.05, "drop": 0.02}, "seed": 7}'``
-(without a ``seed`` there, ``--seed`` seeds the draws too).
+(without a ``seed`` there, ``--seed`` seeds the draws too). ``--image-form`` and
+``--missing-slots`` choose the wire form served, as ``POST /_sandbox/options`` would.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ import orjson
 
 from archiver.sandbox import validate
 from archiver.sandbox.server import SandboxServer
-from archiver.sandbox.state import FaultRates, SandboxError, SandboxState
+from archiver.sandbox.state import (
+    IMAGE_FORMS,
+    MISSING_SLOT_FORMS,
+    RATE_KINDS,
+    FaultRates,
+    SandboxError,
+    SandboxState,
+    WireOptions,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,8 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="JSON",
         default=None,
         help='random faults, e.g. \'{"rates": {"503": 0.05, "drop": 0.02}, "seed": 7}\' '
-        "(kinds: 429 500 503 latency drop invalid_base64 truncated_base64 not_jpeg "
-        "wrong_content_type html_error invalid_json; see POST /_sandbox/fault-rates)",
+        f"(kinds: {' '.join(RATE_KINDS)}; see POST /_sandbox/fault-rates)",
+    )
+    parser.add_argument(
+        "--image-form",
+        choices=IMAGE_FORMS,
+        default="map",
+        help="how images travel: map {slot: Base64}, data_uri, image_list (default map)",
+    )
+    parser.add_argument(
+        "--missing-slots",
+        choices=MISSING_SLOT_FORMS,
+        default="mixed",
+        help="how a slot never captured is answered: mixed (per pass), absent, null",
     )
     args = parser.parse_args(argv)
     rates: FaultRates | None = None
@@ -62,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     state = SandboxState(seed=args.seed)
     state.set_fault_rates(rates)
+    state.options = WireOptions(image_form=args.image_form, missing_slots=args.missing_slots)
     server = SandboxServer(args.token, host=args.host, port=args.port, state=state)
     try:
         server.start()

@@ -9,25 +9,28 @@ Public (all ``POST``, JSON): ``/idpass/register``, ``/idpass/details``,
 ``POST /_sandbox/passes/{id}/complete``, ``POST /_sandbox/passes/{id}/status``,
 ``GET /_sandbox/passes/{id}/images/{slot}``, ``GET|POST /_sandbox/clock``,
 ``GET /_sandbox/ledger`` (NDJSON), ``GET /_sandbox/pii``, ``POST /_sandbox/reset``,
+``GET|POST /_sandbox/options`` (the wire form served, see
+:class:`~archiver.sandbox.state.WireOptions`),
 ``GET|POST|DELETE /_sandbox/faults`` (counted faults, see
 :class:`~archiver.sandbox.state.Fault`) and ``GET|POST|DELETE /_sandbox/fault-rates``
 (random faults drawn with seeded probabilities, see
 :class:`~archiver.sandbox.state.FaultRates`; ``GET`` also counts what was injected).
 A counted fault that matches a call is used first; otherwise the call draws from the
-rates.
+rates. Every answer carries a ``Date`` header from the sandbox's clock (a
+``clock_skew`` answer: from the skewed clock).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import random
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 import orjson
-import pybase64
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -35,13 +38,10 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from archiver.clock import isoformat
-from archiver.idpass import crypto
-from archiver.idpass.models import SLOTS
+from archiver.sandbox import cipher, spoil, validate
 from archiver.sandbox import images as sandbox_images
-from archiver.sandbox import validate
 from archiver.sandbox.details import build_details
 from archiver.sandbox.state import (
     IMAGE_KINDS,
@@ -50,7 +50,9 @@ from archiver.sandbox.state import (
     SandboxError,
     SandboxState,
     SettableClock,
+    WireOptions,
 )
+from archiver.sandbox.wire import SLOTS, http_date, timestamp
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -112,28 +114,6 @@ HTML_ERROR_PAGE = (
 )
 
 
-def _spoil_image(doc: dict[str, Any], kind: str) -> None:
-    """Spoil the first image of a details document in place: ``not_jpeg`` puts a PNG
-    in its place (call it before encryption, so the PNG is encrypted like a JPEG);
-    ``invalid_base64`` and ``truncated_base64`` spoil the text that travels (call them
-    after encryption, if any)."""
-    images = doc.get("images")
-    if not isinstance(images, dict):
-        return
-    slot = next((k for k, v in images.items() if isinstance(v, str) and v), None)
-    if slot is None:
-        return
-    text: str = images[slot]
-    if kind == "not_jpeg":
-        images[slot] = pybase64.b64encode(sandbox_images.not_a_jpeg()).decode("ascii")
-    elif kind == "invalid_base64":
-        half = len(text) // 2
-        images[slot] = text[:half] + "*%$!" + text[half + 4 :]
-    elif kind == "truncated_base64":
-        cut = len(text) // 2
-        images[slot] = text[: cut - cut % 4 + 2]
-
-
 class BearerAuth:
     """Pure ASGI middleware: a request without the right bearer token gets a 401."""
 
@@ -161,6 +141,30 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+class DateHeader:
+    """Pure ASGI middleware: every answer carries ``Date`` from the sandbox's clock,
+    unless the route set its own (a ``clock_skew`` answer)."""
+
+    def __init__(self, app: ASGIApp, state: SandboxState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"date" for name, _ in headers):
+                    headers.append((b"date", http_date(self.state.now()).encode("ascii")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, dated)
+
+
 def _admin_view(record: PassRecord) -> dict[str, Any]:
     return {
         **record.ledger_entry(),
@@ -169,21 +173,40 @@ def _admin_view(record: PassRecord) -> dict[str, Any]:
     }
 
 
+def _answer_clock(state: SandboxState, fault: Fault | None) -> datetime:
+    """The clock this answer is judged by: the sandbox's, or ``days`` ahead of it."""
+    now = state.now()
+    if fault is not None and fault.kind == "clock_skew":
+        now += timedelta(days=fault.days if fault.days is not None else 31)
+    return now
+
+
 def _details_body(
     record: PassRecord,
-    state: SandboxState,
+    now: datetime,
     flags: dict[str, bool],
     encrypt: bool,
-    image_fault: str | None,
-) -> bytes:
-    doc = build_details(record, state.now(), corrupt_image=image_fault == "corrupt_image", **flags)
-    if image_fault == "not_jpeg":
-        _spoil_image(doc, image_fault)
+    fault: Fault | None,
+    options: WireOptions,
+) -> tuple[bytes, int]:
+    """The details answer, and where a ``cut_body`` cuts it (in its first image)."""
+    kind = fault.kind if fault is not None and fault.kind in IMAGE_KINDS else None
+    doc = build_details(
+        record, now, corrupt_image=kind == "corrupt_image", missing=options.missing_slots, **flags
+    )
+    if kind == "not_jpeg":
+        spoil.spoil_image(doc, kind)
+    elif kind == "empty_images":
+        spoil.empty_images(doc)
+    elif kind == "null_slot" and fault is not None:
+        spoil.null_slots(doc, random.Random(fault.seed or 0), fault.slots)
     if encrypt:
-        doc = crypto.encrypt_response(doc, record.cipher_key)
-    if image_fault in ("invalid_base64", "truncated_base64"):
-        _spoil_image(doc, image_fault)
-    return orjson.dumps(doc)
+        doc = cipher.encrypt_answer(doc, record.cipher_key)
+    if kind in ("invalid_base64", "truncated_base64"):
+        spoil.spoil_image(doc, kind)
+    spoil.reshape_images(doc, options.image_form)
+    body = orjson.dumps(doc)
+    return body, spoil.mid_image(body, doc)
 
 
 class _Endpoints:
@@ -211,6 +234,8 @@ class _Endpoints:
             raise SandboxError(status, code, "injected by the sandbox", headers)
         if fault.kind == "html_error":
             raise _HtmlError()
+        if fault.kind == "error_envelope":
+            raise SandboxError(200, "internal", "an internal error occurred")
         return fault
 
     @staticmethod
@@ -265,11 +290,16 @@ class _Endpoints:
             cipher_key.encode(), record.cipher_key.encode()
         ):
             raise SandboxError(400, "cipher_key_mismatch", "cipher_key does not match this pass")
-        image_fault = fault.kind if fault is not None and fault.kind in IMAGE_KINDS else None
-        payload = await run_in_threadpool(
-            _details_body, record, self.state, flags, cipher_key is None, image_fault
+        now = _answer_clock(self.state, fault)
+        payload, mid_image = await run_in_threadpool(
+            _details_body, record, now, flags, cipher_key is None, fault, self.state.options
         )
-        return self._finish(Response(payload, media_type=JSON), fault)
+        if fault is not None and fault.kind == "cut_body":
+            return DroppingResponse(payload, status_code=200, media_type=JSON, keep=mid_image)
+        response = Response(payload, media_type=JSON)
+        if fault is not None and fault.kind == "clock_skew":
+            response.headers["Date"] = http_date(now)
+        return self._finish(response, fault)
 
     async def cancel(self, request: Request) -> Response:
         body = validate.read_object(await request.body())
@@ -338,7 +368,13 @@ class _Endpoints:
                 clock.advance(timedelta(seconds=advance))
             elif when is not None:
                 clock.set(when)
-        return json_response({"now": isoformat(clock.now())})
+        return json_response({"now": timestamp(clock.now())})
+
+    async def options(self, request: Request) -> Response:
+        if request.method == "POST":
+            body = validate.read_object(await request.body())
+            self.state.options = validate.parse_options(body, self.state.options)
+        return json_response(self.state.options.as_dict())
 
     async def ledger(self, request: Request) -> Response:
         lines = [orjson.dumps(r.ledger_entry()) + b"\n" for r in self.state.passes()]
@@ -401,6 +437,7 @@ def create_app(state: SandboxState, *, token: str) -> Starlette:
         Route("/_sandbox/passes/{pass_id}/status", ep.set_status, methods=["POST"]),
         Route("/_sandbox/passes/{pass_id}/images/{slot}", ep.image, methods=["GET"]),
         Route("/_sandbox/clock", ep.clock, methods=["GET", "POST"]),
+        Route("/_sandbox/options", ep.options, methods=["GET", "POST"]),
         Route("/_sandbox/ledger", ep.ledger, methods=["GET"]),
         Route("/_sandbox/pii", ep.pii, methods=["GET"]),
         Route("/_sandbox/reset", ep.reset, methods=["POST"]),
@@ -410,7 +447,7 @@ def create_app(state: SandboxState, *, token: str) -> Starlette:
     logging.getLogger("uvicorn.error").addFilter(_QUIET_DROPS)
     return Starlette(
         routes=routes,
-        middleware=[Middleware(BearerAuth, token=token)],
+        middleware=[Middleware(DateHeader, state=state), Middleware(BearerAuth, token=token)],
         exception_handlers={
             SandboxError: _on_sandbox_error,
             _HtmlError: _on_html_error,
@@ -420,4 +457,11 @@ def create_app(state: SandboxState, *, token: str) -> Starlette:
     )
 
 
-__all__ = ["BearerAuth", "DroppedConnection", "DroppingResponse", "create_app", "error_response"]
+__all__ = [
+    "BearerAuth",
+    "DateHeader",
+    "DroppedConnection",
+    "DroppingResponse",
+    "create_app",
+    "error_response",
+]

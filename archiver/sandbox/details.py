@@ -1,8 +1,10 @@
 """The ``/idpass/details`` document of a sandbox pass, as a pure function of the record.
 
-The shape follows the project's guesses about the wire format:
-a top-level object (no envelope), settings under ``config``, images under
-``images`` as ``{slot: Base64 JPEG | null}``. Everything but the images is derived
+The shape is the sandbox's own statement of the wire format (slots and statuses in
+:mod:`archiver.sandbox.wire`, nothing taken from the archiver's client): a
+top-level object (no envelope), settings under ``config``, images under ``images``
+as ``{slot: Base64 JPEG | null}`` (other forms, and faults, are applied on top by
+:mod:`archiver.sandbox.spoil`). Everything but the images is derived
 deterministically from the pass id, so two reads of a pass agree.
 
 Choices the public pages leave open, made here:
@@ -11,8 +13,9 @@ Choices the public pages leave open, made here:
   is ``complete`` (or ``failed`` with captures), ``image_retention_days`` > 0 and
   ``now < completed_at + image_retention_days``. Outside that window the key is
   still present, as an empty object ``{}``: "the response without images".
-* A slot the pass has no image for is either absent or ``null``, decided per pass
-  from its id; a pass missing two or more slots always shows both forms.
+* A slot the pass has no image for is either absent or ``null``: by default decided
+  per pass from its id (a pass missing two or more slots always shows both forms);
+  ``missing="absent"`` or ``missing="null"`` makes every pass answer one way.
 * ``validation_summary`` and ``verification_description`` carry no personal data
   (they are not among the encrypted fields); ``changes`` lists field names only.
 * ``documents`` (only with ``return_documents``) maps ``document_N`` to its OCR,
@@ -28,11 +31,10 @@ from typing import Any
 
 import pybase64
 
-from archiver.clock import isoformat
-from archiver.idpass.models import SLOTS
 from archiver.sandbox import images as sandbox_images
 from archiver.sandbox.people import DOCUMENT_TYPES, Persona
 from archiver.sandbox.state import PassRecord
+from archiver.sandbox.wire import SLOTS, timestamp
 
 CONSENT_TEXT = (
     "I agree that {requester} may collect my identity documents, photographs and a "
@@ -45,7 +47,7 @@ _FINISHED = ("complete", "failed")
 
 
 def _ts(value: datetime | None) -> str | None:
-    return isoformat(value) if value is not None else None
+    return timestamp(value) if value is not None else None
 
 
 def document_numbers(record: PassRecord) -> list[int]:
@@ -64,19 +66,24 @@ def document_types(record: PassRecord) -> dict[int, str]:
     return out
 
 
-def missing_slots(record: PassRecord) -> dict[str, bool]:
-    """Each slot without an image → ``True`` if it is shown as null, ``False`` if absent."""
-    missing = [s for s in SLOTS if s not in record.slots]
+def missing_slots(record: PassRecord, missing: str = "mixed") -> dict[str, bool]:
+    """Each slot without an image → ``True`` if it is shown as null, ``False`` if absent
+    (``missing``: ``mixed``, ``absent`` or ``null``, see the module docstring)."""
+    gaps = [s for s in SLOTS if s not in record.slots]
+    if missing != "mixed":
+        return dict.fromkeys(gaps, missing == "null")
     rng = random.Random(record.seed + 7)
-    shown_null = {s: rng.random() < 0.5 for s in missing}
-    if len(missing) >= 2 and len(set(shown_null.values())) == 1:
-        shown_null[missing[0]] = not shown_null[missing[0]]
+    shown_null = {s: rng.random() < 0.5 for s in gaps}
+    if len(gaps) >= 2 and len(set(shown_null.values())) == 1:
+        shown_null[gaps[0]] = not shown_null[gaps[0]]
     return shown_null
 
 
-def image_map(record: PassRecord, *, corrupt_first: bool = False) -> dict[str, str | None]:
+def image_map(
+    record: PassRecord, *, corrupt_first: bool = False, missing: str = "mixed"
+) -> dict[str, str | None]:
     """``{slot: Base64 JPEG | None}`` with absent slots left out, in slot order."""
-    nulls = missing_slots(record)
+    nulls = missing_slots(record, missing)
     out: dict[str, str | None] = {}
     corrupted = not corrupt_first
     for slot in SLOTS:
@@ -254,8 +261,10 @@ def build_details(
     return_documents: bool = False,
     return_images: bool = False,
     corrupt_image: bool = False,
+    missing: str = "mixed",
 ) -> dict[str, Any]:
-    """The plaintext details document of ``record`` as read at ``now``."""
+    """The plaintext details document of ``record`` as read at ``now`` (the retention
+    window is judged by ``now``)."""
     finished = record.status in _FINISHED
     opened = record.status != "new" and (
         record.status not in ("cancelled", "expired") or record.consent_given_at is not None
@@ -284,7 +293,9 @@ def build_details(
         doc["documents"] = _documents(record) if finished else {}
     if return_images:
         available = record.images_available(now)
-        doc["images"] = image_map(record, corrupt_first=corrupt_image) if available else {}
+        doc["images"] = (
+            image_map(record, corrupt_first=corrupt_image, missing=missing) if available else {}
+        )
     return doc
 
 

@@ -73,6 +73,7 @@ class SandboxServer:
             access_log=False,
             lifespan="off",
             server_header=False,
+            date_header=False,  # the app sends Date from the sandbox's clock
             timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)

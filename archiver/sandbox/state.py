@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
-from archiver.clock import Clock, isoformat
-from archiver.idpass import crypto
-from archiver.idpass.models import SLOTS, STATUSES, TERMINAL_STATUSES
+from archiver.clock import Clock
+from archiver.sandbox import cipher
 from archiver.sandbox.people import Persona, make_persona
+from archiver.sandbox.wire import SLOTS, STATUSES, TERMINAL_STATUSES, timestamp
 
 OPEN_STATUSES = frozenset({"new", "opened", "in_progress"})
 CONSENTED_STATUSES = frozenset({"in_progress", "complete", "failed"})
@@ -136,8 +136,8 @@ class PassRecord:
             "id": self.id,
             "cipher_key": self.cipher_key,
             "status": self.status,
-            "created_at": isoformat(self.created_at),
-            "completed_at": isoformat(self.completed_at) if self.completed_at else None,
+            "created_at": timestamp(self.created_at),
+            "completed_at": timestamp(self.completed_at) if self.completed_at else None,
             "image_retention_days": self.image_retention_days,
         }
 
@@ -156,6 +156,14 @@ class Fault:
     length that is not a multiple of 4, or a PNG in its place), ``wrong_content_type``
     (the right JSON as ``text/plain``), ``html_error`` (a 502 HTML page, as a gateway
     would send) or ``invalid_json`` (a 200 whose JSON body does not parse).
+
+    The transient kinds seen upstream, where a read right after gives the full answer:
+    ``null_slot`` (slots that hold an image answer ``null``: those in ``slots``, or
+    one or more drawn with ``seed``), ``empty_images`` (``images: {}`` inside the
+    window), ``clock_skew`` (the window is judged, and ``Date`` sent, by a clock
+    ``days`` ahead, default 31), ``cut_body`` (a 200 with the full ``Content-Length``,
+    cut off in the middle of the first image, connection closed) and
+    ``error_envelope`` (HTTP 200 carrying ``{"error": {"code": "internal", ...}}``).
     """
 
     kind: str
@@ -165,6 +173,9 @@ class Fault:
     seconds: float | None = None
     path: str | None = None
     pass_id: str | None = None
+    days: float | None = None
+    seed: int | None = None
+    slots: tuple[str, ...] | None = None
 
     def matches(self, path: str, pass_id: str | None) -> bool:
         if self.path is not None and self.path != path:
@@ -180,6 +191,9 @@ class Fault:
             "seconds": self.seconds,
             "path": self.path,
             "pass_id": self.pass_id,
+            "days": self.days,
+            "seed": self.seed,
+            "slots": list(self.slots) if self.slots is not None else None,
         }
 
 
@@ -198,9 +212,28 @@ RATE_KINDS: tuple[str, ...] = (
     "wrong_content_type",
     "html_error",
     "invalid_json",
+    "null_slot",
+    "empty_images",
+    "clock_skew",
+    "cut_body",
+    "error_envelope",
 )
-#: Kinds that only make sense on a response carrying images (``/idpass/details``).
-IMAGE_KINDS = frozenset({"invalid_base64", "truncated_base64", "not_jpeg", "corrupt_image"})
+#: Kinds that only make sense on a response carrying images (``/idpass/details``):
+#: they are applied while the details document is built.
+IMAGE_KINDS = frozenset(
+    {
+        "invalid_base64",
+        "truncated_base64",
+        "not_jpeg",
+        "corrupt_image",
+        "null_slot",
+        "empty_images",
+        "clock_skew",
+        "cut_body",
+    }
+)
+#: How many days ahead a ``clock_skew`` clock runs unless told otherwise.
+DEFAULT_SKEW_DAYS = 31.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +242,8 @@ class FaultRates:
     with the probabilities in ``rates`` (their sum is at most 1), from an RNG seeded
     with ``seed``, so a sequence of calls sees a reproducible sequence of faults.
     ``latency_seconds`` is the range a ``latency`` sleep is drawn from;
-    ``retry_after`` is the ``Retry-After`` of a 429 (None: no header).
+    ``retry_after`` is the ``Retry-After`` of a 429 (None: no header);
+    ``skew_days`` how far ahead a ``clock_skew`` clock runs.
     """
 
     rates: Mapping[str, float]
@@ -217,6 +251,7 @@ class FaultRates:
     latency_seconds: tuple[float, float] = (1.0, 1.0)
     retry_after: float | None = 1.0
     paths: tuple[str, ...] | None = None
+    skew_days: float = DEFAULT_SKEW_DAYS
 
     def applies_to(self, path: str) -> bool:
         return self.paths is None or path in self.paths
@@ -238,6 +273,10 @@ class FaultRates:
         if kind == "latency":
             lo, hi = self.latency_seconds
             return Fault(kind="delay", seconds=rng.uniform(lo, hi))
+        if kind == "null_slot":
+            return Fault(kind=kind, seed=rng.getrandbits(32))
+        if kind == "clock_skew":
+            return Fault(kind=kind, days=self.skew_days)
         return Fault(kind=kind)
 
     def as_dict(self) -> dict[str, Any]:
@@ -247,7 +286,30 @@ class FaultRates:
             "latency_seconds": list(self.latency_seconds),
             "retry_after": self.retry_after,
             "paths": list(self.paths) if self.paths is not None else None,
+            "skew_days": self.skew_days,
         }
+
+
+#: ``image_form`` values: how ``images`` travels. ``map`` is ``{slot: Base64 | null}``;
+#: ``data_uri`` the same with each image as ``data:image/jpeg;base64,...``;
+#: ``image_list`` a list of ``{"slot": ..., "data": Base64 | null}``.
+IMAGE_FORMS = ("map", "data_uri", "image_list")
+#: ``missing_slots`` values: how a slot the pass never captured is answered.
+#: ``mixed`` decides absent or ``null`` per pass from its id (a pass missing two or
+#: more slots shows both); ``absent`` leaves it out; ``null`` answers it ``null``.
+MISSING_SLOT_FORMS = ("mixed", "absent", "null")
+
+
+@dataclass(frozen=True, slots=True)
+class WireOptions:
+    """Per-run choices of wire form the sandbox serves (``/_sandbox/options``).
+    The same pass is answered the same way on every read under one setting."""
+
+    image_form: str = "map"
+    missing_slots: str = "mixed"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"image_form": self.image_form, "missing_slots": self.missing_slots}
 
 
 def _consent_at(created: datetime, end: datetime) -> datetime:
@@ -339,7 +401,7 @@ class SandboxState:
 
     ``clock`` defaults to an :class:`OffsetClock`; pass a ``ManualClock`` to freeze
     time. ``seed`` makes pass ids (and so every persona) reproducible; cipher keys
-    always come from :func:`archiver.idpass.crypto.new_key`.
+    always come from :func:`archiver.sandbox.cipher.new_key`.
     """
 
     def __init__(self, clock: Clock | None = None, *, seed: int | None = None) -> None:
@@ -353,6 +415,7 @@ class SandboxState:
         self._rates_rng = random.Random()
         self._rate_calls = 0
         self._rate_injected: dict[str, int] = {}
+        self.options = WireOptions()
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -375,7 +438,7 @@ class SandboxState:
                 persona = replace(persona, **overrides)
             record = PassRecord(
                 id=pass_id,
-                cipher_key=crypto.new_key(),
+                cipher_key=cipher.new_key(),
                 api_reference=str(uuid.uuid4()),
                 config=dict(config),
                 persona=persona,
@@ -437,7 +500,7 @@ class SandboxState:
                 )
                 record = PassRecord(
                     id=pass_id,
-                    cipher_key=crypto.new_key(),
+                    cipher_key=cipher.new_key(),
                     api_reference=str(uuid.uuid4()),
                     config=config,
                     persona=persona,
@@ -601,20 +664,24 @@ class SandboxState:
             return fault
 
     def reset(self) -> None:
-        """Forget every pass and fault (counted and random); an :class:`OffsetClock`
-        goes back to real time."""
+        """Forget every pass and fault (counted and random) and go back to the default
+        :class:`WireOptions`; an :class:`OffsetClock` goes back to real time."""
         self.set_fault_rates(None)
         with self._lock:
             self._passes.clear()
             self._faults.clear()
             self._rng = random.Random(self._seed)
+            self.options = WireOptions()
         if isinstance(self.clock, OffsetClock):
             self.clock.reset()
 
 
 __all__ = [
+    "DEFAULT_SKEW_DAYS",
     "DEFAULT_SLOTS",
+    "IMAGE_FORMS",
     "IMAGE_KINDS",
+    "MISSING_SLOT_FORMS",
     "RATE_KINDS",
     "Fault",
     "FaultRates",
@@ -623,4 +690,5 @@ __all__ = [
     "SandboxError",
     "SandboxState",
     "SettableClock",
+    "WireOptions",
 ]

@@ -13,9 +13,18 @@ from typing import Any
 
 import orjson
 
-from archiver.idpass.models import SLOTS, STATUSES
 from archiver.sandbox.people import DOCUMENT_TYPES
-from archiver.sandbox.state import RATE_KINDS, Fault, FaultRates, SandboxError
+from archiver.sandbox.state import (
+    DEFAULT_SKEW_DAYS,
+    IMAGE_FORMS,
+    MISSING_SLOT_FORMS,
+    RATE_KINDS,
+    Fault,
+    FaultRates,
+    SandboxError,
+    WireOptions,
+)
+from archiver.sandbox.wire import SLOTS, STATUSES
 
 DOCUMENT_VERIFICATIONS = ("dvs", "basic", "idsp")
 WEBHOOK_EVENTS = ("opened", "in_progress", "complete", "expired", "failed", "cancelled")
@@ -32,7 +41,13 @@ FAULT_KINDS = (
     "wrong_content_type",
     "html_error",
     "invalid_json",
+    "null_slot",
+    "empty_images",
+    "clock_skew",
+    "cut_body",
+    "error_envelope",
 )
+MAX_DAYS = 3650
 MAX_COUNT = 10_000
 
 
@@ -199,6 +214,14 @@ def opt_slots(body: dict[str, Any]) -> list[str] | None:
     return list(value)
 
 
+def _fault_slots(body: dict[str, Any], kind: str) -> tuple[str, ...] | None:
+    """``slots`` of a ``null_slot`` fault (None: drawn at random)."""
+    if kind != "null_slot":
+        return None
+    slots = opt_slots(body)
+    return tuple(slots) if slots else None
+
+
 def opt_status(body: dict[str, Any], name: str = "status") -> str | None:
     return opt_str(body, name, choices=STATUSES)
 
@@ -219,6 +242,7 @@ def parse_fault(body: dict[str, Any]) -> Fault:
     path = opt_str(body, "path")
     if path is not None and not path.startswith("/idpass/"):
         raise bad("path", "must be a public route such as /idpass/details")
+    days = opt_number(body, "days", -MAX_DAYS, MAX_DAYS)
     return Fault(
         kind=kind,
         remaining=opt_int(body, "count", 1, 1, 1_000_000),
@@ -227,6 +251,9 @@ def parse_fault(body: dict[str, Any]) -> Fault:
         seconds=seconds,
         path=path,
         pass_id=pass_id(target, "pass_id") if target is not None else None,
+        days=(DEFAULT_SKEW_DAYS if days is None else days) if kind == "clock_skew" else None,
+        seed=_opt_seed(body) if kind == "null_slot" else None,
+        slots=_fault_slots(body, kind),
     )
 
 
@@ -292,7 +319,7 @@ def _opt_paths(body: dict[str, Any]) -> tuple[str, ...] | None:
 
 def parse_fault_rates(body: dict[str, Any]) -> FaultRates:
     """``{"rates": {kind: probability}, "seed", "latency_seconds", "retry_after",
-    "paths"}``: see :class:`~archiver.sandbox.state.FaultRates`."""
+    "paths", "skew_days"}``: see :class:`~archiver.sandbox.state.FaultRates`."""
     rates = _rate_probabilities(body)
     seed = _opt_seed(body)
     latency = _latency_range(body)
@@ -303,4 +330,20 @@ def parse_fault_rates(body: dict[str, Any]) -> FaultRates:
         latency_seconds=latency,
         retry_after=retry_after,
         paths=_opt_paths(body),
+        skew_days=_opt_skew(body),
+    )
+
+
+def _opt_skew(body: dict[str, Any]) -> float:
+    days = opt_number(body, "skew_days", -MAX_DAYS, MAX_DAYS)
+    return DEFAULT_SKEW_DAYS if days is None else days
+
+
+def parse_options(body: dict[str, Any], current: WireOptions) -> WireOptions:
+    """``{"image_form", "missing_slots"}``: the fields given replace ``current``'s."""
+    return WireOptions(
+        image_form=opt_str(body, "image_form", choices=IMAGE_FORMS) or current.image_form,
+        missing_slots=(
+            opt_str(body, "missing_slots", choices=MISSING_SLOT_FORMS) or current.missing_slots
+        ),
     )

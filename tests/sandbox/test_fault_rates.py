@@ -71,6 +71,7 @@ def test_rates_are_set_read_and_cleared_by_the_admin_route(sandbox_http: httpx.C
         "latency_seconds": [1.0, 1.0],
         "retry_after": 2.0,
         "paths": None,
+        "skew_days": 31.0,
     }
     assert (doc["calls"], doc["faulted"]) == (0, 0)
     for _ in range(3):
