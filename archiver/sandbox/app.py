@@ -44,6 +44,7 @@ from archiver.sandbox import cipher, spoil, validate
 from archiver.sandbox import images as sandbox_images
 from archiver.sandbox.details import build_details
 from archiver.sandbox.state import (
+    DEFAULT_SKEW_DAYS,
     IMAGE_KINDS,
     Fault,
     PassRecord,
@@ -177,7 +178,7 @@ def _answer_clock(state: SandboxState, fault: Fault | None) -> datetime:
     """The clock this answer is judged by: the sandbox's, or ``days`` ahead of it."""
     now = state.now()
     if fault is not None and fault.kind == "clock_skew":
-        now += timedelta(days=fault.days if fault.days is not None else 31)
+        now += timedelta(days=fault.days if fault.days is not None else DEFAULT_SKEW_DAYS)
     return now
 
 

@@ -214,12 +214,16 @@ def opt_slots(body: dict[str, Any]) -> list[str] | None:
     return list(value)
 
 
-def _fault_slots(body: dict[str, Any], kind: str) -> tuple[str, ...] | None:
-    """``slots`` of a ``null_slot`` fault (None: drawn at random)."""
-    if kind != "null_slot":
-        return None
-    slots = opt_slots(body)
-    return tuple(slots) if slots else None
+def _transient_fields(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    """``days`` of a ``clock_skew`` fault; ``seed`` and ``slots`` of a ``null_slot``
+    fault (without ``slots``, the slots are drawn with ``seed``)."""
+    if kind == "clock_skew":
+        days = opt_number(body, "days", -MAX_DAYS, MAX_DAYS)
+        return {"days": DEFAULT_SKEW_DAYS if days is None else days}
+    if kind == "null_slot":
+        slots = opt_slots(body)
+        return {"seed": _opt_seed(body), "slots": tuple(slots) if slots else None}
+    return {}
 
 
 def opt_status(body: dict[str, Any], name: str = "status") -> str | None:
@@ -242,7 +246,6 @@ def parse_fault(body: dict[str, Any]) -> Fault:
     path = opt_str(body, "path")
     if path is not None and not path.startswith("/idpass/"):
         raise bad("path", "must be a public route such as /idpass/details")
-    days = opt_number(body, "days", -MAX_DAYS, MAX_DAYS)
     return Fault(
         kind=kind,
         remaining=opt_int(body, "count", 1, 1, 1_000_000),
@@ -251,9 +254,7 @@ def parse_fault(body: dict[str, Any]) -> Fault:
         seconds=seconds,
         path=path,
         pass_id=pass_id(target, "pass_id") if target is not None else None,
-        days=(DEFAULT_SKEW_DAYS if days is None else days) if kind == "clock_skew" else None,
-        seed=_opt_seed(body) if kind == "null_slot" else None,
-        slots=_fault_slots(body, kind),
+        **_transient_fields(body, kind),
     )
 
 
