@@ -250,8 +250,10 @@ class IdPassClient:
         body: dict[str, Any],
         pass_id: str | None,
         body_slot: BodySlot | None = None,
-    ) -> httpx.Response:
-        """POST ``body``; an HTTP error status raises its :class:`ApiError`."""
+    ) -> tuple[httpx.Response, datetime | None]:
+        """POST ``body``: the answer and its ``Date``, the clock skew measured from
+        every answer (an error one too: ``doctor``'s probe is answered 404); an HTTP
+        error status raises its :class:`ApiError`."""
         extensions = {BODY_SLOT: body_slot} if body_slot is not None else None
         try:
             response = await self._http.post(
@@ -265,6 +267,8 @@ class IdPassClient:
             raise ApiTransportError(
                 f"{path}: transport failure ({type(exc).__name__})", pass_id=pass_id
             ) from None
+        when = server_date(response)
+        self._measure_skew(when, self._clock.now())
         status = response.status_code
         if status >= 400:
             raise _api_error(
@@ -274,7 +278,7 @@ class IdPassClient:
                 status_code=status,
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
-        return response
+        return response, when
 
     def _json_body(self, path: str, response: httpx.Response, pass_id: str | None) -> Any:
         """The JSON document of a 2xx answer, its ``{"data": …}`` envelope removed."""
@@ -322,9 +326,7 @@ class IdPassClient:
         }
         if cipher_key is not None:
             body["cipher_key"] = cipher_key
-        response = await self._post(DETAILS, body, pass_id, body_slot)
-        when = server_date(response)
-        self._measure_skew(when, self._clock.now())
+        response, when = await self._post(DETAILS, body, pass_id, body_slot)
         size = len(response.content)
         doc = self._json_body(DETAILS, response, pass_id)
         read = parse_details(

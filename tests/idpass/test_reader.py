@@ -390,3 +390,20 @@ async def test_a_missing_or_garbled_date_header_is_tolerated(date):
             read = await api.details(PID)
             assert read.server_date is None and api.clock_skew is None
     assert not [e for e in logs if e["event"] == "api_clock_skew"]
+
+
+async def test_the_skew_is_measured_from_an_error_answer_too():
+    """``doctor`` probes with a random id and is answered 404: the skew is known."""
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+    def handler(request):
+        return httpx.Response(
+            404,
+            json={"error": {"code": "not_found"}},
+            headers={"date": "Fri, 01 May 2026 11:55:00 GMT"},
+        )
+
+    async with _client(handler, clock=ManualClock(now)) as api:
+        with pytest.raises(ApiNotFound):
+            await api.details(PID)
+        assert api.clock_skew == -300.0
