@@ -3,7 +3,9 @@
 Every error that crosses a module boundary is an :class:`ArchiverError`. Third-party
 exceptions (httpx, botocore, SQLAlchemy) are translated where the I/O happens and
 never escape the module that talks to that system. Messages never contain personal
-data, cipher keys, tokens or response bodies: only ids, keys, statuses and reasons.
+data, cipher keys, tokens or response bodies: only ids, keys, statuses and reasons,
+written from a fixed vocabulary; a value the ID Pass API chose (an error code, a
+status, a slot name) enters one only through :func:`safe_token`.
 
     ArchiverError                 retryable  systemic
     ├── ConfigError                   no        yes   bad or missing configuration
