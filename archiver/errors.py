@@ -3,7 +3,9 @@
 Every error that crosses a module boundary is an :class:`ArchiverError`. Third-party
 exceptions (httpx, botocore, SQLAlchemy) are translated where the I/O happens and
 never escape the module that talks to that system. Messages never contain personal
-data, cipher keys, tokens or response bodies: only ids, keys, statuses and reasons.
+data, cipher keys, tokens or response bodies: only ids, keys, statuses and reasons,
+written from a fixed vocabulary; a value the ID Pass API chose (an error code, a
+status, a slot name) enters one only through :func:`safe_token`.
 
     ArchiverError                 retryable  systemic
     ├── ConfigError                   no        yes   bad or missing configuration
@@ -18,7 +20,9 @@ data, cipher keys, tokens or response bodies: only ids, keys, statuses and reaso
     │   └── ApiMalformedResponse      yes       no    invalid JSON, truncated, wrong type
     ├── PayloadError                  no        no    a response we cannot archive
     │   ├── ImageDecodeError                          invalid Base64 / not a JPEG
-    │   └── DecryptionError                           wrong or missing cipher key
+    │   ├── DecryptionError                           wrong or missing cipher key
+    │   ├── TooManySlots                              more image slots than allowed
+    │   └── RecordTooLarge                            the record (no images) is too big
     ├── StoreError                                    anything from S3
     │   ├── StoreUnavailable          yes       yes*  endpoint down, 5xx, throttled
     │   ├── StoreAccessDenied         no        yes   credentials / policy
@@ -48,6 +52,27 @@ by the archiver.
 """
 
 from __future__ import annotations
+
+import re
+
+#: What :func:`safe_token` lets through: a short snake_case word.
+_TOKEN = re.compile(r"[a-z0-9_]{1,32}")
+#: What :func:`safe_token` says instead of anything else.
+UNRECOGNISED = "unrecognised"
+
+
+def safe_token(value: object) -> str:
+    """``value`` when it is a short snake_case token, else ``"unrecognised"``.
+
+    The one gate for text the ID Pass API controls (error codes, statuses, slot
+    names, field locations) on its way into a message, reason, log line or manifest:
+    whatever the API sends, what comes out is at most 32 characters of
+    ``[a-z0-9_]``, so no personal data in prose, no terminal escape sequence, no
+    newline can pass. Values are never shortened: a cut value is still API text.
+    """
+    if isinstance(value, str) and _TOKEN.fullmatch(value):
+        return value
+    return UNRECOGNISED
 
 
 class ArchiverError(Exception):
@@ -169,6 +194,17 @@ class ImageDecodeError(PayloadError):
 
 class DecryptionError(PayloadError):
     """An encrypted field could not be decrypted with the pass's cipher key."""
+
+
+class TooManySlots(PayloadError):
+    """A details answer names more image slots than the client accepts in one pass
+    (:data:`archiver.idpass.models.MAX_SLOTS` by default): each slot would become
+    an object, so the count is capped before anything is decoded or stored."""
+
+
+class RecordTooLarge(PayloadError):
+    """The record (a details answer without its images) is larger than the client
+    accepts: it is archived whole, so an oversized extra field is refused instead."""
 
 
 # --- object store -----------------------------------------------------------------

@@ -19,7 +19,9 @@ Base64Text = str | bytes | memoryview
 
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
-_SLOT_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+# Matched whole (fullmatch): with ``$`` a trailing newline got through ("probe\n").
+# The manifest schema's slot pattern is the same: ^[a-z0-9_]{1,64}(?![\s\S])
+_SLOT_RE = re.compile(r"[a-z0-9_]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,7 @@ class CheckedImage:
 
 def valid_slot_name(slot: str) -> bool:
     """A slot name we are willing to put into an object key."""
-    return bool(_SLOT_RE.match(slot))
+    return _SLOT_RE.fullmatch(slot) is not None
 
 
 def decode_base64(text: Base64Text, *, slot: str | None = None, max_bytes: int) -> bytes:
@@ -57,10 +59,18 @@ def decode_base64(text: Base64Text, *, slot: str | None = None, max_bytes: int) 
     try:
         data: bytes = pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ImageDecodeError("image is not valid Base64", slot=slot) from None
+        raise ImageDecodeError(_not_base64(text), slot=slot) from None
     if len(data) > max_bytes:
         raise ImageDecodeError(f"image exceeds the size limit of {max_bytes} bytes", slot=slot)
     return data
+
+
+def _not_base64(text: Base64Text) -> str:
+    """Why Base64 text did not decode, as far as can be said without repeating it."""
+    head = text[:5]
+    if (head.encode("latin-1", "replace") if isinstance(head, str) else bytes(head)) == b"data:":
+        return "image is a data URI that is not data:image/...;base64 (not valid Base64)"
+    return "image is not valid Base64"
 
 
 def check_jpeg(data: bytes, *, slot: str | None = None) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from archiver.core.images import (
     valid_slot_name,
 )
 from archiver.core.retention import images_deadline
-from archiver.errors import DecryptionError, ImageDecodeError, PayloadError
+from archiver.errors import DecryptionError, ImageDecodeError, PayloadError, safe_token
 from archiver.idpass import crypto
 from archiver.idpass.client import PassRead
 from archiver.idpass.models import SLOTS, PassDetails
@@ -144,7 +144,7 @@ class PassReader:
         if not d.is_terminal:
             return self._not_ready(pid, d, learned)
         if d.status not in self.opt.archive_statuses:
-            reason = f"status {d.status} is not archived by config"
+            reason = f"status {safe_token(d.status)} is not archived by config"
             return Ended(PassResult(pid, Outcome.SKIPPED, reason), learned)
         if d.completed_at is None:
             raise PayloadError("terminal pass has no completed_at", pass_id=pid)
@@ -163,7 +163,7 @@ class PassReader:
     def _not_ready(self, pid: str, d: PassDetails, learned: Learned) -> Ended:
         """Not complete yet: check again later, but give up once the customer's link
         has long stopped working (it can no longer complete)."""
-        waiting = PassResult(pid, Outcome.NOT_READY, f"status {d.status}")
+        waiting = PassResult(pid, Outcome.NOT_READY, f"status {safe_token(d.status)}")
         if d.created_at is None or d.link_validity_days is None:
             return Ended(waiting, learned)
         link_expires = d.created_at + timedelta(days=d.link_validity_days)
@@ -171,7 +171,7 @@ class PassReader:
         if self.clock.now() < link_expires + self.opt.not_ready_margin:
             return Ended(waiting, learned)
         reason = (
-            f"still {d.status} {self.opt.not_ready_margin} after its link expired "
+            f"still {safe_token(d.status)} {self.opt.not_ready_margin} after its link expired "
             f"at {isoformat(link_expires)}"
         )
         return Ended(PassResult(pid, Outcome.SKIPPED, reason), learned)
@@ -243,7 +243,7 @@ def _in_slot(
     try:
         return fn(slot, text)
     except PayloadError as exc:
-        raise type(exc)(f"slot {slot}: {exc.message}", pass_id=pid, slot=slot) from None
+        raise type(exc)(f"slot {safe_token(slot)}: {exc.message}", pass_id=pid, slot=slot) from None
 
 
 def _facts(d: PassDetails, deadline: datetime | None) -> PassFacts:

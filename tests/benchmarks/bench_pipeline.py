@@ -961,7 +961,7 @@ def profile_archiver(bench: Bench, passes: int, out_dir: Path) -> str:
 # (category, substrings of a stack, the first category that matches wins)
 PROFILE_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("start-up: imports", ("_find_and_load",)),
-    ("details read: httpx + orjson.loads", ("IdPassClient._post_sized",)),
+    ("details read: httpx + orjson.loads", ("IdPassClient._post", "IdPassClient._json_body")),
     ("details parse: pydantic, record", ("parse_details",)),
     ("images: Base64 decode, JPEG check, SHA-256", ("PassReader._checked", "check_image")),
     ("S3 put: boto3 (SigV4, payload hash, send)", ("S3Store.put",)),

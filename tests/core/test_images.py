@@ -74,7 +74,14 @@ def test_check_image_reports_slot_and_hides_bytes_in_repr():
 
 @pytest.mark.parametrize(
     ("slot", "ok"),
-    [("probe", True), ("document_3_back", True), ("../etc", False), ("Probe", False), ("", False)],
+    [
+        ("probe", True),
+        ("document_3_back", True),
+        ("../etc", False),
+        ("Probe", False),
+        ("", False),
+        ("probe\n", False),  # `$` let a final newline through: images/probe\n.jpg
+    ],
 )
 def test_slot_names_safe_for_keys(slot, ok):
     """Only lowercase word characters may become part of an object key."""

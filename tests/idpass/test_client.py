@@ -165,7 +165,8 @@ async def test_invalid_json_is_malformed():
         ({"completed_at": "yesterday"}, "completed_at"),
         ({"completed_at": "2026-01-01T00:00:00"}, "completed_at"),
         ({"id": "00000000-0000-0000-0000-000000000000"}, "different pass"),
-        ({"images": ["a"]}, "images is a list"),
+        ({"images": "a"}, "images is a str"),
+        ({"images": ["a"]}, "images entry 0 is not a {slot, data} object"),
         ({"images": {"probe": 5}}, "image slot"),
     ],
 )
