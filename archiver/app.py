@@ -37,14 +37,15 @@ from archiver.core.format import (
 from archiver.core.images import sha256_hex
 from archiver.core.runlog import build_run_manifest, run_manifest_bytes
 from archiver.core.signing import Signer, SigningKeyError
-from archiver.errors import AlreadyRunning, CatalogError, ConfigError
+from archiver.errors import AlreadyRunning, ArchiverError, CatalogError, ConfigError, StoreError
 from archiver.idpass.client import IdPassClient
-from archiver.pipeline import DetailsReader, Pipeline, PipelineOptions
+from archiver.pipeline import DetailsReader, Pipeline, PipelineOptions, new_run_id
 from archiver.ratelimit import AsyncRateLimiter, RateLimitedReader
 from archiver.results import PassResult, RunSummary
 from archiver.retry import RetryingReader
 from archiver.scheduler import make_trigger
 from archiver.store import ObjectStore
+from archiver.store.guard import ReachabilityGuard
 
 if TYPE_CHECKING:
     from archiver.sources.sync import SourceReport
@@ -185,14 +186,105 @@ async def run_cycle(
     part of the summary before it is recorded, so the exit code in the run manifest
     and the catalog is the run's (:attr:`RunSummary.exit_code`).
 
+    A systemic failure (:func:`stops_run`), at the start (the store unreachable or
+    refusing the public key's put) or during the passes (the API refusing the token,
+    the store judged unreachable by :class:`~archiver.store.guard.ReachabilityGuard`),
+    ends the run with ``systemic_error`` set, and the run is recorded as far as the
+    store and the catalog allow: the caller always gets a summary (exit code 3).
+    A configuration error (no token, no signing key) is raised as it is.
+
     SIGTERM/SIGINT (when called from the main thread) or ``stop`` being set: no new
     passes start, those in flight get ``schedule.stop_grace_seconds`` to finish, and
     the run is recorded as stopped early.
     """
     s = rt.settings
     api_settings = s.require_api()
-    signer = _prepare(rt, api_settings, dry_run=dry_run, exclusive=exclusive)
-    stop = stop or threading.Event()
+    if api_settings.token is None and not dry_run:
+        raise ConfigError(
+            "no API token: set IDPASS_ARCHIVER_API_TOKEN or api.token_file", key="api.token"
+        )
+    signer = load_signer(s)
+    layout = Layout(s.storage.clean_prefix)
+    # The public key, put first, is the object the guard asks about.
+    guard = ReachabilityGuard(rt.store, probe_key=layout.public_key(signer.key_id))
+    rt = dataclasses.replace(rt, store=guard)
+    run_id, started = new_run_id(rt.clock.now()), rt.clock.now()
+    try:
+        _prepare(rt, api_settings, signer, dry_run=dry_run, exclusive=exclusive)
+        summary = await _cycle(
+            rt,
+            api_settings,
+            signer,
+            stop or threading.Event(),
+            requests_per_second=requests_per_second,
+            on_result=on_result,
+            key_lookup=key_lookup,
+            run={
+                "limit": limit,
+                "pass_ids": pass_ids,
+                "dry_run": dry_run,
+                "scope": scope,
+                "run_id": run_id,
+            },
+        )
+    except ArchiverError as exc:
+        if not stops_run(exc):
+            raise
+        summary = aborted_run(s, rt.clock, exc, run_id=run_id, started_at=started, dry_run=dry_run)
+    summary.sources = [r.to_json() for r in sources]
+    if not dry_run:
+        _record(rt, signer, summary)
+    return summary
+
+
+def stops_run(exc: ArchiverError) -> bool:
+    """Whether ``exc`` ends a run as a systemic failure (exit 3, the run recorded):
+    a systemic error, or any store error outside a pass (before the passes start,
+    nothing could be archived). A configuration error is not: it is a usage error
+    (exit 2), raised as it is."""
+    return not isinstance(exc, ConfigError) and (exc.systemic or isinstance(exc, StoreError))
+
+
+def aborted_run(
+    settings: Settings,
+    clock: Clock,
+    exc: ArchiverError,
+    *,
+    run_id: str | None = None,
+    started_at: datetime | None = None,
+    dry_run: bool = False,
+) -> RunSummary:
+    """The summary of a run that ``exc`` stopped before its pipeline could give one:
+    no pass handled, ``systemic_error`` set (exit code 3)."""
+    now = clock.now()
+    summary = RunSummary(
+        run_id=run_id or new_run_id(now),
+        started_at=started_at or now,
+        finished_at=now,
+        systemic_error=f"{exc.reason}: {exc}",
+        dry_run=dry_run,
+        worker_id=settings.catalog.worker_id or default_worker_id(),
+        next_run=next_run_after(settings, now),
+    )
+    log = structlog.get_logger("archiver.app")
+    log.error("run_aborted", run_id=summary.run_id, reason=exc.reason, error=str(exc))
+    return summary
+
+
+async def _cycle(
+    rt: Runtime,
+    api_settings: ApiSettings,
+    signer: Signer,
+    stop: threading.Event,
+    *,
+    requests_per_second: float | None,
+    on_result: Callable[[PassResult], None] | None,
+    key_lookup: Callable[[str, str], str | None] | None,
+    run: dict[str, Any],
+) -> RunSummary:
+    """The pipeline over the due passes, with the API client and the upload threads;
+    ``run`` are :meth:`Pipeline.run`'s arguments."""
+    s = rt.settings
     options = dataclasses.replace(
         pipeline_options(s),
         next_run=next_run_after(s, rt.clock.now()),
@@ -227,29 +319,14 @@ async def run_cycle(
                 key_lookup=key_lookup,
                 on_result=on_result,
             )
-            summary = await _run_until_stopped(
-                pipeline,
-                stop,
-                s.schedule.stop_grace_seconds,
-                limit=limit,
-                pass_ids=pass_ids,
-                dry_run=dry_run,
-                scope=scope,
-            )
-    summary.sources = [r.to_json() for r in sources]
-    if not dry_run:
-        _record(rt, signer, summary)
-    return summary
+            return await _run_until_stopped(pipeline, stop, s.schedule.stop_grace_seconds, **run)
 
 
-def _prepare(rt: Runtime, api: ApiSettings, *, dry_run: bool, exclusive: bool) -> Signer:
-    """Checks and chores before a cycle; the signer of its manifests."""
+def _prepare(
+    rt: Runtime, api: ApiSettings, signer: Signer, *, dry_run: bool, exclusive: bool
+) -> None:
+    """Checks and chores before a cycle."""
     s = rt.settings
-    if api.token is None and not dry_run:
-        raise ConfigError(
-            "no API token: set IDPASS_ARCHIVER_API_TOKEN or api.token_file", key="api.token"
-        )
-    signer = load_signer(s)
     log = structlog.get_logger("archiver.app")
     for section, verify in (("api", api.verify_tls), ("storage", s.storage.verify_tls)):
         if not verify:
@@ -259,14 +336,13 @@ def _prepare(rt: Runtime, api: ApiSettings, *, dry_run: bool, exclusive: bool) -
                 note="certificates are not checked: for test beds only",
             )
     if dry_run:
-        return signer
+        return
     if exclusive:
         # We hold the SQLite run lock: any lease left is from a run that died.
         released = rt.catalog.release_all_leases()
         if released:
             log.warning("stale_leases_released", count=released)
     publish_public_key(rt.store, Layout(s.storage.clean_prefix), signer)
-    return signer
 
 
 @contextmanager
@@ -317,20 +393,42 @@ async def _run_until_stopped(
 
 
 def _record(rt: Runtime, signer: Signer, summary: RunSummary) -> None:
-    """Store the signed run manifest, then enter the run in the catalog."""
+    """Store the signed run manifest, then enter the run in the catalog. Either may
+    be impossible (the store or the catalog down): that is logged and said in
+    ``systemic_error``, and the other is still done; nothing is raised."""
     assert summary.finished_at is not None
-    key, digest = write_run_manifest(rt, signer, summary)
+    key = digest = None
+    try:
+        key, digest = write_run_manifest(rt, signer, summary)
+    except ArchiverError as exc:
+        _not_kept(summary, "run_manifest_not_stored", "the run manifest was not stored", exc)
     summary.run_manifest_key = key
-    rt.catalog.record_run(
-        summary.run_id,
-        summary.started_at,
-        summary.finished_at,
-        summary.exit_code,
-        summary.to_json(),
-        worker_id=summary.worker_id,
-        manifest_key=key,
-        manifest_sha256=digest,
+    try:
+        rt.catalog.record_run(
+            summary.run_id,
+            summary.started_at,
+            summary.finished_at,
+            summary.exit_code,
+            summary.to_json(),
+            worker_id=summary.worker_id,
+            manifest_key=key,
+            manifest_sha256=digest,
+        )
+    except ArchiverError as exc:
+        # the run manifest, if stored, holds the exit code before this failure
+        _not_kept(summary, "run_not_recorded", "the run was not recorded in the catalog", exc)
+
+
+def _not_kept(summary: RunSummary, event: str, what: str, exc: ArchiverError) -> None:
+    """Log that part of the run's record could not be kept, and say so in the summary:
+    a run whose record is lost is a systemic failure (exit 3)."""
+    structlog.get_logger("archiver.app").error(
+        event, run_id=summary.run_id, reason=exc.reason, error=str(exc)
     )
+    if summary.systemic_error is None:
+        summary.systemic_error = f"{exc.reason}: {exc}; {what}"
+    else:
+        summary.systemic_error += f"; {what} ({exc.reason})"
 
 
 def age_recipients(settings: Settings) -> list[Any]:

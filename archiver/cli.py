@@ -21,7 +21,6 @@ import argparse
 import gc
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, closing
 from datetime import UTC, datetime, timedelta
@@ -321,23 +320,49 @@ def _archive(
     ctx: CommandContext,
     *,
     sync: bool,
-    limit: int | None = None,
-    pass_ids: Sequence[str] | None = None,
     dry_run: bool = False,
-    scope: Scope | None = None,
-    requests_per_second: float | None = None,
-    stop: threading.Event | None = None,
     prepare: Callable[[Runtime], Progress] | None = None,
+    **run: Any,
 ) -> RunSummary:
     """The one archival cycle behind ``run``, ``backfill`` and each tick of ``schedule``.
 
     Take the run lock; sync the configured sources (when ``sync``); then, with
     ``prepare(runtime)`` (if given) making the progress that watches each pass, run
-    the pipeline (:func:`archiver.app.run_cycle`), which stores the signed run
-    manifest and records the run in the catalog, both with the sources' reports in
-    the summary; last, log the summary and publish the metrics. The returned
-    summary's :attr:`~archiver.results.RunSummary.exit_code` is the command's.
+    the pipeline (:func:`archiver.app.run_cycle`, with ``run``: ``limit``,
+    ``pass_ids``, ``scope``, ``requests_per_second``, ``stop``), which stores the
+    signed run manifest and records the run in the catalog, both with the sources'
+    reports in the summary; last, log the summary and publish the metrics. The
+    returned summary's :attr:`~archiver.results.RunSummary.exit_code` is the
+    command's.
+
+    A systemic failure before the cycle (the catalog or the store cannot be opened:
+    :func:`archiver.app.stops_run`) still gives a summary, with ``systemic_error``
+    set, recorded in the catalog if it can be, logged and published like any run's:
+    the alert on systemic failures sees it.
     """
+    from archiver.app import aborted_run, stops_run
+
+    try:
+        summary = _locked_cycle(ctx, sync=sync, dry_run=dry_run, prepare=prepare, **run)
+    except ArchiverError as exc:
+        if not stops_run(exc):
+            raise
+        summary = aborted_run(ctx.settings, ctx.clock, exc, dry_run=dry_run)
+        if not dry_run:
+            _record_aborted(ctx, summary)
+    _publish_run(ctx, summary)
+    return summary
+
+
+def _locked_cycle(
+    ctx: CommandContext,
+    *,
+    sync: bool,
+    dry_run: bool,
+    prepare: Callable[[Runtime], Progress] | None,
+    **run: Any,
+) -> RunSummary:
+    """Under the run lock: the source sync, the progress, the cycle (see :func:`_archive`)."""
     from archiver.app import run_cycle_sync, run_lock
     from archiver.sources.sync import SourcePool, sync_sources
 
@@ -350,24 +375,35 @@ def _archive(
             reports = sync_sources(settings, rt.catalog, pool=pool, clock=rt.clock)
         progress = prepare(rt) if prepare is not None else None
         try:
-            summary = run_cycle_sync(
+            return run_cycle_sync(
                 rt,
-                limit=limit,
-                pass_ids=pass_ids,
                 dry_run=dry_run,
-                scope=scope,
-                requests_per_second=requests_per_second,
-                stop=stop,
                 on_result=progress,
                 key_lookup=pool,
                 exclusive=exclusive,
                 sources=reports,
+                **run,
             )
         finally:
             if progress is not None:
                 progress.close()
-    _publish_run(ctx, summary)
-    return summary
+
+
+def _record_aborted(ctx: CommandContext, summary: RunSummary) -> None:
+    """Enter a run stopped before its cycle in the catalog, if the catalog can be
+    opened (no run manifest: the cycle never had a store to put it in)."""
+    assert summary.finished_at is not None
+    try:
+        ctx.catalog.record_run(
+            summary.run_id,
+            summary.started_at,
+            summary.finished_at,
+            summary.exit_code,
+            summary.to_json(),
+            worker_id=summary.worker_id,
+        )
+    except ArchiverError as exc:
+        ctx.log.error("run_not_recorded", run_id=summary.run_id, reason=exc.reason, error=str(exc))
 
 
 def _publish_run(ctx: CommandContext, summary: RunSummary) -> None:
@@ -394,7 +430,10 @@ def _publish_run(ctx: CommandContext, summary: RunSummary) -> None:
 
 def _print_run(summary: RunSummary, args: argparse.Namespace) -> None:
     """The summary as JSON (``--json``), or a dry run's plan; a real run prints nothing
-    else (its log says what it did)."""
+    else (its log says what it did), except a systemic failure's one line on stderr,
+    as every command's error (:func:`main`)."""
+    if summary.systemic_error:
+        print(f"idpass-archiver: {summary.systemic_error}", file=sys.stderr)
     if args.json:
         _print_json(summary.to_json())
     elif summary.dry_run:
