@@ -56,6 +56,8 @@ def _api(settings: Settings) -> Check:
             api.token.get_secret_value() if api.token else "",
             connect_timeout=api.connect_timeout_seconds,
             read_timeout=api.read_timeout_seconds,
+            request_deadline=api.request_deadline_seconds,
+            max_response_bytes=api.max_response_bytes,
             verify_tls=api.verify_tls,
         ) as client:
             try:

@@ -18,6 +18,7 @@ import msgspec
 import orjson
 from pydantic import ValidationError
 
+from archiver.config import PipelineSettings, default_max_response_bytes
 from archiver.core.images import Base64Text
 from archiver.errors import (
     ApiAuthError,
@@ -38,6 +39,9 @@ from archiver.idpass.models import (
     unwrap,
 )
 from archiver.idpass.transport import BODY_SLOT, BodySlot, Urllib3Transport
+
+#: The default cap on a response body: api.max_response_bytes's default.
+DEFAULT_MAX_RESPONSE_BYTES = default_max_response_bytes(PipelineSettings().max_image_bytes)
 
 USER_AGENT = "idpass-archiver"
 
@@ -99,21 +103,27 @@ class IdPassClient:
         *,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
+        request_deadline: float = 120.0,
+        max_response_bytes: int | None = None,
         max_connections: int = 16,
         verify_tls: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """The timeouts, the connection limit and TLS verification are the transport's
+        """The timeouts, the deadline, the size cap, the connection limit and TLS
+        verification are the transport's
         (:class:`~archiver.idpass.transport.Urllib3Transport`), and only its: httpx
         ignores its own ``limits`` and ``verify`` when it is given a transport, and
         passes its ``timeout`` to a transport that does not read it. ``transport``
-        replaces the urllib3 one, and with it these four settings (tests give an
-        ``httpx.MockTransport``)."""
+        replaces the urllib3 one, and with it these settings (tests give an
+        ``httpx.MockTransport``). ``max_response_bytes`` defaults to
+        :data:`DEFAULT_MAX_RESPONSE_BYTES`."""
         if transport is None:
             transport = Urllib3Transport(
                 max_connections=max_connections,
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
+                deadline=request_deadline,
+                max_response_bytes=max_response_bytes or DEFAULT_MAX_RESPONSE_BYTES,
                 verify=verify_tls,
             )
         self._http = httpx.AsyncClient(
@@ -122,6 +132,7 @@ class IdPassClient:
                 "Authorization": f"Bearer {token}",
                 "User-Agent": USER_AGENT,
                 "Accept": "application/json",
+                "Accept-Encoding": "identity",  # the transport refuses any other
                 "Content-Type": "application/json",
             },
             # No timeout of httpx's: its default (5 s) would travel with every request
