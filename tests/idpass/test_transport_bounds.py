@@ -12,17 +12,24 @@ The hostile answers: a gzip bomb (1 MB expanding to 1 GiB, sent with
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from archiver.errors import (
     ApiAuthError,
@@ -32,7 +39,7 @@ from archiver.errors import (
     UnrequestedContentEncoding,
 )
 from archiver.idpass.client import IdPassClient
-from archiver.idpass.transport import BodySlot
+from archiver.idpass.transport import BodySlot, Urllib3Transport
 from tests.benchmarks.procmem import MemorySampler
 from tests.fixtures.cli import cli_env, run_cli
 
@@ -96,12 +103,14 @@ class HostileServer:
     """A threaded HTTP/1.1 server on loopback that answers every request by calling
     ``behaviour(sock, request_head)``; it counts connections and bytes sent."""
 
-    def __init__(self, behaviour: Behaviour) -> None:
+    def __init__(self, behaviour: Behaviour, tls: ssl.SSLContext | None = None) -> None:
         self.behaviour = behaviour
+        self._tls = tls
         self.connections = 0
         self.heads: list[bytes] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._listener.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -114,24 +123,28 @@ class HostileServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                while head := _read_request(conn):
-                    self.heads.append(head)
-                    self.behaviour(conn, head)
-            except OSError:
-                pass  # the client cut the connection: that is the point
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            while head := _read_request(conn):
+                self.heads.append(head)
+                self.behaviour(conn, head)
+        except OSError:
+            pass  # the client cut the connection: that is the point
+        finally:
+            conn.close()
 
     def close(self) -> None:
         self._listener.close()
 
 
 @pytest.fixture
-def hostile() -> Iterator[Callable[[Behaviour], HostileServer]]:
+def hostile() -> Iterator[Callable[..., HostileServer]]:
+    """``hostile(behaviour, tls=None)`` → a started :class:`HostileServer`."""
     servers: list[HostileServer] = []
 
-    def start(behaviour: Behaviour) -> HostileServer:
-        servers.append(HostileServer(behaviour))
+    def start(behaviour: Behaviour, tls: ssl.SSLContext | None = None) -> HostileServer:
+        servers.append(HostileServer(behaviour, tls))
         return servers[-1]
 
     yield start
@@ -311,6 +324,64 @@ async def test_a_trickling_body_is_cut_at_the_deadline(hostile, slot):
     assert not slots.locked()  # the body slot was given back
 
 
+def _tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a throwaway self-signed certificate for 127.0.0.1, and a
+    client context that trusts it (and only it)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pem)
+    return server, ssl.create_default_context(cafile=pem)
+
+
+async def test_a_trickling_tls_body_is_cut_at_the_deadline(hostile, tmp_path):
+    """Over TLS too (the API is https): the cut ends a read blocked inside SSL."""
+    server_tls, client_tls = _tls_contexts(tmp_path)
+    server = hostile(trickle_body, tls=server_tls)
+    transport = Urllib3Transport(
+        max_connections=1,
+        connect_timeout=5,
+        read_timeout=1,
+        deadline=2,
+        max_response_bytes=1 << 20,
+        verify=client_tls,  # certificates verified, against the throwaway one
+    )
+    async with IdPassClient(server.url, "tok", transport=transport) as api:
+        started = time.monotonic()
+        with pytest.raises(RequestDeadlineExceeded):
+            await api.details(PID)
+        took = time.monotonic() - started
+        server.behaviour = plain
+        again = await asyncio.wait_for(api.details(PID), 10)
+    assert 2 <= took < 4
+    assert again.details.id == PID
+    assert server.connections == 2
+
+
 async def test_trickling_headers_are_cut_at_the_deadline(hostile):
     server = hostile(trickle_headers)
     async with _client(server.url, read_timeout=1, request_deadline=1.5) as api:
@@ -440,10 +511,10 @@ def test_a_run_survives_a_gzip_bomb_and_a_trickle(cli_config, sandbox_http, host
         ids = [str(uuid.uuid4()) for _ in range(2)]
         _import_ids(cfg, env, ids)
         summary, peak_mb = _run_measured(_hostile_config(cfg, server.url), env)
+        assert peak_mb < 2 * normal_mb, (peak_mb, normal_mb)
         assert summary["counts"]["archived"] == 0, summary
         assert {f["pass_id"] for f in summary["failed"]} == set(ids)
         assert _reasons(summary) == {"unrequested_content_encoding"}, summary["failed"]
-        assert peak_mb < 2 * normal_mb, (peak_mb, normal_mb)
 
     server = hostile(trickle_body)
     [slow] = ids = [str(uuid.uuid4())]
