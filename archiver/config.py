@@ -134,6 +134,8 @@ class _Section(BaseModel):
 _T = TypeVar("_T", bound=_Section)
 
 
+#: ``api.request_deadline_seconds`` when neither it nor a longer read timeout is set.
+DEFAULT_DEADLINE_SECONDS = 120.0
 #: What :func:`default_max_response_bytes` adds for the record and the JSON around it.
 RECORD_MARGIN_BYTES = 1024 * 1024
 
@@ -160,8 +162,9 @@ class ApiSettings(_Section):
     read_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
     # The most time one request may take in all, headers and body (the read timeout
     # applies to each read, so a server trickling bytes defeats it alone). At least
-    # read_timeout_seconds. Waiting for a connection or a body slot does not count.
-    request_deadline_seconds: float = Field(default=120.0, gt=0, le=3_600)
+    # read_timeout_seconds; unset, 120 s or read_timeout_seconds if that is longer.
+    # Waiting for a connection or a body slot does not count.
+    request_deadline_seconds: float = Field(default=DEFAULT_DEADLINE_SECONDS, gt=0, le=3_600)
     # The largest response body accepted (bytes). Unset: derived from
     # pipeline.max_image_bytes (default_max_response_bytes), filled in at load.
     max_response_bytes: int | None = Field(default=None, ge=64 * 1024)
@@ -182,6 +185,18 @@ class ApiSettings(_Section):
     verify_tls: bool = True
     # filled from the environment or token_file, never from TOML
     token: SecretStr | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_deadline(cls, data: Any) -> Any:
+        """Unset, the deadline is never shorter than the read timeout (a file that sets
+        a long read timeout keeps working)."""
+        if isinstance(data, dict) and "request_deadline_seconds" not in data:
+            read = data.get("read_timeout_seconds")
+            if isinstance(read, int | float) and not isinstance(read, bool):
+                deadline = max(DEFAULT_DEADLINE_SECONDS, float(read))
+                return {**data, "request_deadline_seconds": deadline}
+        return data
 
     @model_validator(mode="after")
     def _deadline_covers_a_read(self) -> ApiSettings:

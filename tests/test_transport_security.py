@@ -123,6 +123,9 @@ def test_the_deadline_must_cover_a_read():
         )
     s = _settings("https://api.example.test")
     assert s.api.request_deadline_seconds == 120.0 >= s.api.read_timeout_seconds
+    # unset, it follows a longer read timeout rather than refusing the file
+    slow = _settings("https://api.example.test", api={"read_timeout_seconds": 300})
+    assert slow.api.request_deadline_seconds == 300.0
 
 
 def test_the_response_cap_is_derived_from_the_image_limit():
