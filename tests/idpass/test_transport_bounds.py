@@ -487,12 +487,16 @@ def _reasons(summary: dict) -> set[str]:
     return {f["reason"].split(":", 1)[0] for f in summary["failed"]}
 
 
-def test_a_run_survives_a_gzip_bomb_and_a_trickle(cli_config, sandbox_http, hostile, bomb):
+def test_a_run_survives_a_gzip_bomb_an_oversize_answer_and_a_trickle(
+    cli_config, sandbox_http, hostile, bomb
+):
     """Baseline: a normal run archives 2 sandbox passes. Then a run against the bomb
     (with and without Content-Length) ends each pass with
     ``unrequested_content_encoding`` and a peak RSS within twice the baseline's (the
-    old client decoded the 1 GiB, peaking at 3.1 GiB); a run against the trickle
-    ends its pass with ``request_deadline_exceeded`` at the deadline."""
+    old client decoded the 1 GiB, peaking at 4.2 GB against a 99 MB baseline); a run
+    against an answer over the cap fails its pass with ``response_too_large``; a run
+    against the trickle ends its pass with ``request_deadline_exceeded`` at the
+    deadline."""
     cfg, env = cli_config
     passes = sandbox_http.post(
         "/_sandbox/passes",
@@ -515,6 +519,19 @@ def test_a_run_survives_a_gzip_bomb_and_a_trickle(cli_config, sandbox_http, host
         assert summary["counts"]["archived"] == 0, summary
         assert {f["pass_id"] for f in summary["failed"]} == set(ids)
         assert _reasons(summary) == {"unrequested_content_encoding"}, summary["failed"]
+
+    def oversize(sock: socket.socket, head: bytes) -> None:
+        sock.sendall(_head(Transfer_Encoding="chunked"))
+        _chunked(sock, iter([_doc() + b" " * 200_000]))
+
+    server = hostile(oversize)
+    [big] = ids = [str(uuid.uuid4())]
+    _import_ids(cfg, env, ids)
+    cap = "\nmax_response_bytes = 65536"
+    summary, _ = _run_measured(_hostile_config(cfg, server.url, cap), env)
+    assert [f["pass_id"] for f in summary["failed"]] == [big]
+    assert _reasons(summary) == {"response_too_large"}, summary["failed"]
+    assert summary["counts"]["failed"] == 1  # not retried: the same answer would come
 
     server = hostile(trickle_body)
     [slow] = ids = [str(uuid.uuid4())]
