@@ -303,6 +303,8 @@ async def _cycle(
             token.get_secret_value() if token else "",
             connect_timeout=api_settings.connect_timeout_seconds,
             read_timeout=api_settings.read_timeout_seconds,
+            request_deadline=api_settings.request_deadline_seconds,
+            max_response_bytes=api_settings.max_response_bytes,
             max_connections=api_settings.concurrency,
             verify_tls=api_settings.verify_tls,
         ) as client:

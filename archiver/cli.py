@@ -706,7 +706,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         _print_json({"ok": ok, "checks": [c.to_json() for c in checks]})
     else:
         for c in checks:
-            print(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+            print(f"[{c.label}] {c.name}: {c.detail}")
         print("all checks passed" if ok else "some checks FAILED")
     return EXIT_OK if ok else EXIT_INCOMPLETE
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -40,7 +41,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
+import structlog
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -131,11 +134,43 @@ class _Section(BaseModel):
 _T = TypeVar("_T", bound=_Section)
 
 
+#: ``api.request_deadline_seconds`` when neither it nor a longer read timeout is set.
+DEFAULT_DEADLINE_SECONDS = 120.0
+#: What :func:`default_max_response_bytes` adds for the record and the JSON around it.
+RECORD_MARGIN_BYTES = 1024 * 1024
+
+
+def default_max_response_bytes(max_image_bytes: int) -> int:
+    """``api.max_response_bytes`` when not set: the largest legitimate details answer.
+
+    That is every documented slot (12) holding an image of ``pipeline.max_image_bytes``,
+    as Base64 (4 characters per 3 bytes), plus 1/32 of that for JSON escapes (some
+    encoders write ``/`` as ``\\/``: 1 in 64 Base64 characters), plus
+    :data:`RECORD_MARGIN_BYTES` for the record. With the default 15 MiB images:
+    260,571,136 bytes (about 249 MiB).
+    """
+    from archiver.idpass.models import SLOTS
+
+    images = len(SLOTS) * 4 * -(-max_image_bytes // 3)
+    return images + images // 32 + RECORD_MARGIN_BYTES
+
+
 class ApiSettings(_Section):
     base_url: str = Field(pattern=r"^https?://")
     token_file: Path | None = None
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     read_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
+    # The most time one request may take in all, headers and body (the read timeout
+    # applies to each read, so a server trickling bytes defeats it alone). At least
+    # read_timeout_seconds; unset, 120 s or read_timeout_seconds if that is longer.
+    # Waiting for a connection or a body slot does not count.
+    request_deadline_seconds: float = Field(default=DEFAULT_DEADLINE_SECONDS, gt=0, le=3_600)
+    # The largest response body accepted (bytes). Unset: derived from
+    # pipeline.max_image_bytes (default_max_response_bytes), filled in at load.
+    max_response_bytes: int | None = Field(default=None, ge=64 * 1024)
+    # Accept plain http:// for a base_url that is not loopback (the token and cipher
+    # keys then travel in clear): for test beds only; every run logs a warning.
+    allow_insecure_http: bool = False
     # Details requests in flight (HTTP connections to the API). Waiting for an answer
     # holds no memory: pipeline.concurrency bounds the response bodies held.
     concurrency: int = Field(default=12, ge=1, le=256)
@@ -150,6 +185,27 @@ class ApiSettings(_Section):
     verify_tls: bool = True
     # filled from the environment or token_file, never from TOML
     token: SecretStr | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_deadline(cls, data: Any) -> Any:
+        """Unset, the deadline is never shorter than the read timeout (a file that sets
+        a long read timeout keeps working)."""
+        if isinstance(data, dict) and "request_deadline_seconds" not in data:
+            read = data.get("read_timeout_seconds")
+            if isinstance(read, int | float) and not isinstance(read, bool):
+                deadline = max(DEFAULT_DEADLINE_SECONDS, float(read))
+                return {**data, "request_deadline_seconds": deadline}
+        return data
+
+    @model_validator(mode="after")
+    def _deadline_covers_a_read(self) -> ApiSettings:
+        if self.request_deadline_seconds < self.read_timeout_seconds:
+            raise ValueError(
+                "request_deadline_seconds must be at least read_timeout_seconds "
+                f"({self.read_timeout_seconds:g})"
+            )
+        return self
 
 
 class StorageSettings(_Section):
@@ -169,6 +225,9 @@ class StorageSettings(_Section):
     # third of botocore's CPU per put) or "botocore" (botocore's own put_object).
     put_client: Literal["crt", "botocore"] = "crt"
     verify_tls: bool = True
+    # Accept a plain http:// endpoint_url that is not loopback (credentials' signatures,
+    # and an SSE-C key, then travel in clear): for test beds only; runs log a warning.
+    allow_insecure_http: bool = False
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     read_timeout_seconds: float = Field(default=60.0, gt=0)
 
@@ -612,6 +671,69 @@ def _check_sse_c(storage: StorageSettings) -> None:
         ) from None
 
 
+def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine: ``localhost``, 127.0.0.0/8 or ``::1``."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _plain_http_endpoints(settings: Settings) -> list[tuple[str, str, bool]]:
+    """(setting, URL, allowed) for each endpoint given as http:// to another host."""
+    found = []
+    if settings.api is not None:
+        found.append(("api.base_url", settings.api.base_url, settings.api.allow_insecure_http))
+    endpoint = settings.storage.endpoint_url
+    if endpoint is not None:
+        found.append(("storage.endpoint_url", endpoint, settings.storage.allow_insecure_http))
+    return [
+        (key, url, allowed)
+        for key, url, allowed in found
+        if urlsplit(url).scheme.lower() == "http" and not is_loopback(url)
+    ]
+
+
+def _check_transport_security(settings: Settings) -> None:
+    """Plain http:// is for loopback only, unless the section allows it by name."""
+    for key, _url, allowed in _plain_http_endpoints(settings):
+        if not allowed:
+            section = key.split(".", 1)[0]
+            raise ConfigError(
+                "plain http:// is refused for a host that is not loopback (the API "
+                "token, cipher keys and S3 credentials would travel in clear): use "
+                f"https://, or set {section}.allow_insecure_http = true on a test bed",
+                key=key,
+            )
+
+
+def warn_insecure_transport(settings: Settings) -> list[str]:
+    """Log a warning for each endpoint allowed to use plain http:// to another host
+    (``allow_insecure_http``); the settings named. Called before each run (and by
+    doctor), so the choice is never forgotten."""
+    log = structlog.get_logger("archiver.config")
+    keys = [key for key, _url, allowed in _plain_http_endpoints(settings) if allowed]
+    for key in keys:
+        log.warning(
+            "insecure_http_allowed",
+            setting=key,
+            note="plain http:// to a host that is not loopback: secrets travel in clear",
+        )
+    return keys
+
+
+def _with_response_cap(settings: Settings) -> Settings:
+    """``api.max_response_bytes`` filled in from ``pipeline.max_image_bytes`` if unset."""
+    api = settings.api
+    if api is None or api.max_response_bytes is not None:
+        return settings
+    cap = default_max_response_bytes(settings.pipeline.max_image_bytes)
+    return settings.model_copy(update={"api": api.model_copy(update={"max_response_bytes": cap})})
+
+
 def from_mapping(
     data: dict[str, Any],
     environ: Mapping[str, str] | None = None,
@@ -629,7 +751,8 @@ def from_mapping(
     settings = _with_secrets(settings, env)
     _check_sources(settings)
     _check_sse_c(settings.storage)
-    return settings
+    _check_transport_security(settings)
+    return _with_response_cap(settings)
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -17,7 +17,10 @@ status, a slot name) enters one only through :func:`safe_token`.
     │   ├── ApiRateLimited            yes       no    429, carries retry_after
     │   ├── ApiServerError            yes       no    5xx
     │   ├── ApiTransportError         yes       no    timeout, reset, refused
+    │   │   └── RequestDeadlineExceeded  yes  no  no whole answer within the deadline
     │   └── ApiMalformedResponse      yes       no    invalid JSON, truncated, wrong type
+    │       ├── ResponseTooLarge      no        no    body over api.max_response_bytes
+    │       └── UnrequestedContentEncoding  yes  no  compressed, though identity was asked
     ├── PayloadError                  no        no    a response we cannot archive
     │   ├── ImageDecodeError                          invalid Base64 / not a JPEG
     │   ├── DecryptionError                           wrong or missing cipher key
@@ -175,6 +178,33 @@ class ApiMalformedResponse(ApiError):
     """The API answered with something that is not the documented JSON shape."""
 
     retryable = True
+
+
+# The transport's bounds on one answer (archiver/idpass/transport.py). Their messages
+# name the limit and our own setting, never a header value or anything else the API
+# sent.
+
+
+class ResponseTooLarge(ApiMalformedResponse):
+    """The answer's body is over ``api.max_response_bytes``: refused before it is read
+    when its ``Content-Length`` says so, else as soon as one byte more has arrived.
+    Not retryable: the same pass gives the same answer again. If it is legitimate,
+    raise the cap and re-run the pass (``run --pass ID``)."""
+
+    retryable = False
+
+
+class UnrequestedContentEncoding(ApiMalformedResponse):
+    """A success answer with a ``Content-Encoding`` other than ``identity``, which the
+    request asked for: refused unread (a gzip body of 1 MB can expand to 1 GiB).
+    Retryable: it is a misconfiguration of the API or a proxy in front of it, which
+    may be fixed by the next attempt."""
+
+
+class RequestDeadlineExceeded(ApiTransportError):
+    """The whole answer did not arrive within ``api.request_deadline_seconds`` (a
+    server trickling bytes defeats the per-read timeout); the connection is cut and
+    discarded. Retryable: a slow API or network may be faster next time."""
 
 
 # --- payloads ---------------------------------------------------------------------

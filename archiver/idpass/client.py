@@ -26,6 +26,7 @@ import structlog
 from pydantic import ValidationError
 
 from archiver.clock import Clock, SystemClock
+from archiver.config import PipelineSettings, default_max_response_bytes
 from archiver.core.images import Base64Text, valid_slot_name
 from archiver.errors import (
     ApiAuthError,
@@ -57,6 +58,9 @@ from archiver.idpass.models import (
     unwrap,
 )
 from archiver.idpass.transport import BODY_SLOT, BodySlot, Urllib3Transport
+
+#: The default cap on a response body: api.max_response_bytes's default.
+DEFAULT_MAX_RESPONSE_BYTES = default_max_response_bytes(PipelineSettings().max_image_bytes)
 
 USER_AGENT = "idpass-archiver"
 DETAILS = "/idpass/details"
@@ -164,6 +168,8 @@ class IdPassClient:
         *,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
+        request_deadline: float = 120.0,
+        max_response_bytes: int | None = None,
         max_connections: int = 16,
         verify_tls: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -172,12 +178,14 @@ class IdPassClient:
         clock: Clock | None = None,
         clock_skew_warn_seconds: float = CLOCK_SKEW_WARN_SECONDS,
     ) -> None:
-        """The timeouts, the connection limit and TLS verification are the transport's
+        """The timeouts, the deadline, the size cap, the connection limit and TLS
+        verification are the transport's
         (:class:`~archiver.idpass.transport.Urllib3Transport`), and only its: httpx
         ignores its own ``limits`` and ``verify`` when it is given a transport, and
         passes its ``timeout`` to a transport that does not read it. ``transport``
-        replaces the urllib3 one, and with it these four settings (tests give an
-        ``httpx.MockTransport``). ``max_slots`` and ``max_record_bytes`` bound one
+        replaces the urllib3 one, and with it these settings (tests give an
+        ``httpx.MockTransport``). ``max_response_bytes`` defaults to
+        :data:`DEFAULT_MAX_RESPONSE_BYTES`. ``max_slots`` and ``max_record_bytes`` bound one
         details answer (see :mod:`archiver.idpass.models`); ``clock`` is what the
         answers' ``Date`` headers are compared with (:attr:`clock_skew`)."""
         if transport is None:
@@ -185,6 +193,8 @@ class IdPassClient:
                 max_connections=max_connections,
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
+                deadline=request_deadline,
+                max_response_bytes=max_response_bytes or DEFAULT_MAX_RESPONSE_BYTES,
                 verify=verify_tls,
             )
         self._http = httpx.AsyncClient(
@@ -193,6 +203,7 @@ class IdPassClient:
                 "Authorization": f"Bearer {token}",
                 "User-Agent": USER_AGENT,
                 "Accept": "application/json",
+                "Accept-Encoding": "identity",  # the transport refuses any other
                 "Content-Type": "application/json",
             },
             # No timeout of httpx's: its default (5 s) would travel with every request

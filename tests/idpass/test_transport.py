@@ -16,7 +16,12 @@ from typing import TypeVar
 import pytest
 
 from archiver.core.images import decode_base64
-from archiver.errors import ApiMalformedResponse, ApiServerError, ApiTransportError
+from archiver.errors import (
+    ApiMalformedResponse,
+    ApiServerError,
+    ApiTransportError,
+    UnrequestedContentEncoding,
+)
 from archiver.idpass.client import IdPassClient, load_json
 from archiver.idpass.transport import BodySlot
 from tests.helpers import make_jpeg
@@ -132,15 +137,20 @@ async def test_escaped_slashes_in_base64_are_unescaped(server):
     assert read.record["created_at"] == "2026-01-01T00:00:00Z"
 
 
-async def test_gzip_encoded_body_is_decoded(server):
+async def test_gzip_encoded_body_is_refused_not_decoded(server):
+    """The request asks for identity; a gzip answer is refused (never decompressed)."""
     body = gzip.compress(json.dumps(_doc({"probe": B64})).encode())
+    seen: list[bytes] = []
 
     def handler(sock: socket.socket, head: bytes) -> None:
+        seen.append(head)
         _answer(sock, body, extra="Content-Encoding: gzip\r\n")
 
     async with IdPassClient(server(handler), "tok") as api:
-        read = await api.details(PID)
-    assert base64.b64decode(read.images["probe"]) == JPEG
+        with pytest.raises(UnrequestedContentEncoding) as info:
+            await api.details(PID)
+    assert info.value.reason == "unrequested_content_encoding"
+    assert b"accept-encoding: identity" in seen[0].lower().split(b"\r\n")
 
 
 async def test_a_body_cut_short_is_a_transport_error(server):
