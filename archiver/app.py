@@ -25,7 +25,7 @@ from archiver.catalog import Scope
 from archiver.catalog.keys import KeySealer
 from archiver.catalog.sql import SqlCatalog
 from archiver.clock import Clock, SystemClock
-from archiver.config import ApiSettings, Settings
+from archiver.config import ApiSettings, Settings, warn_insecure_transport
 from archiver.core.format import (
     JSON_TYPE,
     OCTET_TYPE,
@@ -307,6 +307,10 @@ async def _cycle(
             max_response_bytes=api_settings.max_response_bytes,
             max_connections=api_settings.concurrency,
             verify_tls=api_settings.verify_tls,
+            max_slots=api_settings.max_image_slots,
+            max_record_bytes=api_settings.max_record_bytes,
+            clock=rt.clock,
+            clock_skew_warn_seconds=api_settings.clock_skew_warn_seconds,
         ) as client:
             pipeline = Pipeline(
                 api=_reader(client, api_settings, rate),
@@ -337,6 +341,7 @@ def _prepare(
                 setting=f"{section}.verify_tls",
                 note="certificates are not checked: for test beds only",
             )
+    warn_insecure_transport(s)
     if dry_run:
         return
     if exclusive:

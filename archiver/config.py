@@ -171,6 +171,13 @@ class ApiSettings(_Section):
     # Accept plain http:// for a base_url that is not loopback (the token and cipher
     # keys then travel in clear): for test beds only; every run logs a warning.
     allow_insecure_http: bool = False
+    # Bounds on one details answer beyond its size: image slots (null ones counted;
+    # the API has 12) and bytes of record (the answer without its images).
+    max_image_slots: int = Field(default=24, ge=12, le=256)
+    max_record_bytes: int = Field(default=1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    # |API clock - our clock| (from each answer's Date header) above which the run
+    # logs api_clock_skew as a warning.
+    clock_skew_warn_seconds: float = Field(default=300.0, gt=0, le=86_400)
     # Details requests in flight (HTTP connections to the API). Waiting for an answer
     # holds no memory: pipeline.concurrency bounds the response bodies held.
     concurrency: int = Field(default=12, ge=1, le=256)
