@@ -33,6 +33,8 @@ class Learned:
     image_retention_days: int | None = None
     deadline: datetime | None = None
     link_expires_at: datetime | None = None
+    # what the reads so far saw per slot (archiver.pipeline.confirm), once stored
+    seen_slots: str | None = None
 
     @classmethod
     def from_facts(cls, facts: PassFacts) -> Learned:
@@ -60,6 +62,8 @@ class PassResult:
     manifest_key: str | None = None
     manifest_sha256: str | None = None
     already_archived: bool = False
+    # when to read the pass again, when the result decides it (a confirming read)
+    next_attempt_at: datetime | None = None
 
     @classmethod
     def archived_by(
@@ -77,6 +81,8 @@ class PassResult:
         *,
         next_attempt_at: datetime | None = None,
         count_attempt: bool = True,
+        count_check: bool = False,
+        count_confirmation: bool = False,
     ) -> OutcomeUpdate:
         """What the catalog records of this result."""
         return OutcomeUpdate(
@@ -89,6 +95,8 @@ class PassResult:
             image_count=self.images,
             image_bytes=self.image_bytes,
             count_attempt=count_attempt,
+            count_check=count_check,
+            count_confirmation=count_confirmation,
             **learned.fields(),
         )
 

@@ -164,6 +164,8 @@ format = "json"
             "IDPASS_ARCHIVER_SIGNING_KEY": TEST_SIGNING_KEY,
             "AWS_ACCESS_KEY_ID": access,
             "AWS_SECRET_ACCESS_KEY": secret,
+            # confirming reads of null slots at once, in the same run
+            "IDPASS_ARCHIVER_PIPELINE__CONFIRM_SPACING_SECONDS": "0",
         }
     )
     return Bed(tmp_path, config, env, pg_url, sandbox_http, pii_watch)

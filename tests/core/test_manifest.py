@@ -48,7 +48,7 @@ def _doc(**over):
         archiver_version="0.1.0",
         facts=PassFacts("complete", "passed", T, T, 30, T),
         objects=objects,
-        missing_slots=["id_photo"],
+        slots=mf.SlotReport(null_slots=("selfie",), absent_slots=("id_photo",), reads=2),
         decryption="server",
         sse="aws:kms",
         kms_key_id="k",
@@ -93,8 +93,8 @@ def test_same_content_gives_same_bytes_regardless_of_object_order():
 def test_unknown_version_is_rejected_on_read():
     """A manifest of an unknown version is refused, not half-read."""
     doc = _doc()
-    doc["manifest_version"] = 2
-    with pytest.raises(FormatError, match="manifest_version 2") as caught:
+    doc["manifest_version"] = 3
+    with pytest.raises(FormatError, match="manifest_version 3") as caught:
         PassManifest.parse(orjson.dumps(doc))
     assert isinstance(caught.value, ArchiverError) and not caught.value.retryable
 
