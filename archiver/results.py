@@ -23,6 +23,9 @@ EXIT_USAGE = 2
 EXIT_SYSTEMIC = 3
 EXIT_EXPIRED = 4
 
+#: The reason code of a pass whose reads returned different images for one slot.
+SLOT_CONFLICT = "slot_conflict"
+
 
 @dataclass(frozen=True, slots=True)
 class Learned:
@@ -136,6 +139,15 @@ class RunSummary:
         return {o.value: c.get(o.value, 0) for o in Outcome if o is not Outcome.PENDING}
 
     @property
+    def slot_conflicts(self) -> int:
+        """Passes failed because two reads returned different images for a slot."""
+        return sum(
+            1
+            for r in self.results
+            if r.outcome is Outcome.FAILED and (r.reason or "").startswith(SLOT_CONFLICT)
+        )
+
+    @property
     def sources_failed(self) -> bool:
         """Whether a configured source failed to sync before the run."""
         return any(s.get("error") for s in self.sources)
@@ -173,6 +185,7 @@ class RunSummary:
             **self._totals(),
             "expired_ids": sorted(r.pass_id for r in self.results if r.outcome is Outcome.EXPIRED),
             "failed": self._failed(),
+            "slot_conflicts": self.slot_conflicts,
             "at_risk": len(self.at_risk),
             "at_risk_passes": [
                 {"pass_id": pid, "deadline": isoformat(deadline)} for pid, deadline in self.at_risk

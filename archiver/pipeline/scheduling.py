@@ -41,7 +41,7 @@ from archiver.pipeline.commit import Committer
 from archiver.pipeline.options import PipelineOptions
 from archiver.pipeline.plan import plan_images, plan_objects
 from archiver.pipeline.read import DetailsReader, Ended, PassReader, Staged
-from archiver.results import NOTHING_LEARNED, Learned, PassResult, RunSummary
+from archiver.results import NOTHING_LEARNED, SLOT_CONFLICT, Learned, PassResult, RunSummary
 from archiver.store import ObjectStore
 
 log = structlog.get_logger("archiver.pipeline")
@@ -418,7 +418,7 @@ class Pipeline:
         earlier = confirm.load_seen(entry.seen_slots)
         clash = confirm.conflicts(earlier, staged.images)
         if clash:
-            reason = f"slot_conflict: reads returned different images for {', '.join(clash)}"
+            reason = f"{SLOT_CONFLICT}: reads returned different images for {', '.join(clash)}"
             log.error("slot_conflict", slots=clash)
             return PassResult(entry.pass_id, Outcome.FAILED, reason), staged.learned
         seen = confirm.merge(earlier, staged.images, staged.null_slots)
