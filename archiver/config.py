@@ -212,7 +212,7 @@ class PipelineSettings(_Section):
     # Confirmed absence: an answer with no images, or a slot null, is read again this
     # many times, this far apart, before the pass settles (0: one answer decides).
     confirm_reads: int = Field(default=2, ge=0, le=20)
-    confirm_spacing_seconds: int = Field(default=30, ge=0, le=86_400)
+    confirm_spacing_seconds: int = Field(default=5, ge=0, le=86_400)
     # A run waits this long at most for the confirming reads it scheduled; a spacing
     # longer than this leaves them to a later run.
     confirm_wait_seconds: int = Field(default=300, ge=0, le=3_600)

@@ -321,10 +321,7 @@ def _totals_html(c: Coverage) -> str:
         f'<div class="card {name}"><dt>{_e(label)}</dt><dd>{_number(f"total-{name}", n)}</dd></div>'
         for name, label, n in ((k.replace("_", "-"), label, n) for k, label, n in _totals(c))
     )
-    work = ", ".join(
-        f"{s.value.replace('_', ' ')} {c.count(s)}"
-        for s in WORK_STATES
-    )
+    work = ", ".join(f"{s.value.replace('_', ' ')} {c.count(s)}" for s in WORK_STATES)
     return _section(
         "Passes in the catalog",
         f'<dl class="cards">\n{cards}\n</dl>',

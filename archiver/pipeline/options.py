@@ -32,7 +32,7 @@ class PipelineOptions:
     # A run waits for the confirming reads it scheduled up to confirm_wait ahead;
     # later ones are read by a later run.
     confirm_reads: int = 2
-    confirm_spacing: timedelta = timedelta(seconds=30)
+    confirm_spacing: timedelta = timedelta(seconds=5)
     confirm_wait: timedelta = timedelta(minutes=5)
     confirm_margin: timedelta = timedelta(hours=1)
     sse: str = "aws:kms"
