@@ -240,7 +240,8 @@ class Pipeline:
                     unprocessed.discard(entry.pass_id)
                     if result.next_attempt_at is not None:
                         tally.confirm_at.append(result.next_attempt_at)
-                    if self.on_result is not None:
+                    # progress counts passes settled, not the reads that confirm them
+                    if self.on_result is not None and result.outcome is not Outcome.CONFIRMING:
                         self.on_result(result)
 
         if not pass_ids and scope is None:
@@ -364,6 +365,8 @@ class Pipeline:
             except ArchiverError as exc:
                 self._fail_systemic(exc)
                 return None
+            if result.outcome is Outcome.CONFIRMING:
+                return result  # logged as pass_confirming: the pass is not done
             log.info(
                 "pass_done",
                 outcome=result.outcome.value,
