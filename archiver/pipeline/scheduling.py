@@ -334,12 +334,14 @@ class Pipeline:
             await tally.finished.wait()
         now = self.clock.now()
         soon = [t for t in tally.confirm_at if t - now <= self.opt.confirm_wait]
-        tally.confirm_at.clear()
         if not soon:
+            tally.confirm_at.clear()  # later ones are a later run's
             return False
-        delay = max(0.0, (min(soon) - now).total_seconds())
+        target = min(soon)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            await asyncio.wait_for(self._stop.wait(), timeout=(target - now).total_seconds())
+        # the reads due by now are claimed next; later ones are waited for after them
+        tally.confirm_at[:] = [t for t in tally.confirm_at if t > target]
         return not self._stop.is_set()
 
     def _parts(self) -> _RunParts:
