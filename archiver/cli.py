@@ -896,7 +896,7 @@ def _last_run(last: dict[str, Any]) -> dict[str, Any]:
 def _print_status(doc: dict[str, Any]) -> None:
     print("passes by state:")
     for state, n in sorted(doc["counts"].items()):
-        print(f"  {state:<10} {n}")
+        print(f"  {state:<13} {n}")  # images_absent, counted apart from no_images
     print(f"next scheduled run: {doc['next_run'] or 'none'}")
     print(f"at risk (window closes before the next run): {len(doc['at_risk'])}")
     for risk in doc["at_risk"][:20]:

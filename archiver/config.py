@@ -275,6 +275,16 @@ class PipelineSettings(_Section):
     not_ready_recheck_seconds: int = Field(default=3_600, ge=1)
     # ...and given up (`skipped`) this long after its link stopped being valid.
     not_ready_margin_hours: int = Field(default=24, ge=0)
+    # Confirmed absence: an answer with no images, or a slot null, is read again this
+    # many times, this far apart, before the pass settles (0: one answer decides).
+    confirm_reads: int = Field(default=2, ge=0, le=20)
+    confirm_spacing_seconds: int = Field(default=5, ge=0, le=86_400)
+    # A run waits this long at most for the confirming reads it scheduled; a spacing
+    # longer than this leaves them to a later run.
+    confirm_wait_seconds: int = Field(default=300, ge=0, le=3_600)
+    # No confirming read is scheduled later than this before the pass's deadline:
+    # the pass settles with what was seen.
+    confirm_margin_seconds: int = Field(default=3_600, ge=0)
 
     @model_validator(mode="after")
     def _statuses(self) -> PipelineSettings:

@@ -114,6 +114,17 @@ class _RunCollector(Collector):
             doc["counts"].get("expired", 0),
         )
         yield self._gauge(
+            "images_absent",
+            "Passes settled without images inside their window after confirming reads "
+            "(last run); apart from retention 0 (outcome no_images).",
+            doc["counts"].get("images_absent", 0),
+        )
+        yield self._gauge(
+            "slot_conflicts",
+            "Passes failed because two reads returned different images for a slot (last run).",
+            doc["slot_conflicts"],
+        )
+        yield self._gauge(
             "last_run_timestamp_seconds",
             "When the last run finished, in Unix seconds.",
             finished.timestamp(),

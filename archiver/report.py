@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from archiver.catalog import Outcome
+from archiver.catalog import WORK_STATES, Outcome
 from archiver.catalog.coverage import Coverage, DayCoverage
 from archiver.clock import isoformat
 
@@ -35,6 +35,8 @@ def _totals(c: Coverage) -> list[tuple[str, str, int]]:
         ("failed", "Failed", c.count(Outcome.FAILED)),
         ("work_left", "Work left", c.work_left),
         ("no_images", "No images to keep", c.count(Outcome.NO_IMAGES)),
+        # apart from retention 0: the API answered none inside the window, confirmed
+        ("images_absent", "No images inside the window", c.count(Outcome.IMAGES_ABSENT)),
         ("skipped", "Skipped", c.count(Outcome.SKIPPED)),
     ]
 
@@ -319,10 +321,7 @@ def _totals_html(c: Coverage) -> str:
         f'<div class="card {name}"><dt>{_e(label)}</dt><dd>{_number(f"total-{name}", n)}</dd></div>'
         for name, label, n in ((k.replace("_", "-"), label, n) for k, label, n in _totals(c))
     )
-    work = ", ".join(
-        f"{s.value.replace('_', ' ')} {c.count(s)}"
-        for s in (Outcome.PENDING, Outcome.RETRY, Outcome.NOT_READY)
-    )
+    work = ", ".join(f"{s.value.replace('_', ' ')} {c.count(s)}" for s in WORK_STATES)
     return _section(
         "Passes in the catalog",
         f'<dl class="cards">\n{cards}\n</dl>',

@@ -23,6 +23,9 @@ EXIT_USAGE = 2
 EXIT_SYSTEMIC = 3
 EXIT_EXPIRED = 4
 
+#: The reason code of a pass whose reads returned different images for one slot.
+SLOT_CONFLICT = "slot_conflict"
+
 
 @dataclass(frozen=True, slots=True)
 class Learned:
@@ -33,6 +36,8 @@ class Learned:
     image_retention_days: int | None = None
     deadline: datetime | None = None
     link_expires_at: datetime | None = None
+    # what the reads so far saw per slot (archiver.pipeline.confirm), once stored
+    seen_slots: str | None = None
 
     @classmethod
     def from_facts(cls, facts: PassFacts) -> Learned:
@@ -60,6 +65,8 @@ class PassResult:
     manifest_key: str | None = None
     manifest_sha256: str | None = None
     already_archived: bool = False
+    # when to read the pass again, when the result decides it (a confirming read)
+    next_attempt_at: datetime | None = None
 
     @classmethod
     def archived_by(
@@ -77,6 +84,8 @@ class PassResult:
         *,
         next_attempt_at: datetime | None = None,
         count_attempt: bool = True,
+        count_check: bool = False,
+        count_confirmation: bool = False,
     ) -> OutcomeUpdate:
         """What the catalog records of this result."""
         return OutcomeUpdate(
@@ -89,6 +98,8 @@ class PassResult:
             image_count=self.images,
             image_bytes=self.image_bytes,
             count_attempt=count_attempt,
+            count_check=count_check,
+            count_confirmation=count_confirmation,
             **learned.fields(),
         )
 
@@ -128,6 +139,15 @@ class RunSummary:
         return {o.value: c.get(o.value, 0) for o in Outcome if o is not Outcome.PENDING}
 
     @property
+    def slot_conflicts(self) -> int:
+        """Passes failed because two reads returned different images for a slot."""
+        return sum(
+            1
+            for r in self.results
+            if r.outcome is Outcome.FAILED and (r.reason or "").startswith(SLOT_CONFLICT)
+        )
+
+    @property
     def sources_failed(self) -> bool:
         """Whether a configured source failed to sync before the run."""
         return any(s.get("error") for s in self.sources)
@@ -165,6 +185,7 @@ class RunSummary:
             **self._totals(),
             "expired_ids": sorted(r.pass_id for r in self.results if r.outcome is Outcome.EXPIRED),
             "failed": self._failed(),
+            "slot_conflicts": self.slot_conflicts,
             "at_risk": len(self.at_risk),
             "at_risk_passes": [
                 {"pass_id": pid, "deadline": isoformat(deadline)} for pid, deadline in self.at_risk

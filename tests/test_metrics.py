@@ -90,6 +90,8 @@ def _expected(labels: dict[str, str], *, exit_code: int, success: int) -> dict[A
         "retry": 1,
         "failed": 1,
         "skipped": 0,
+        "images_absent": 0,
+        "confirming": 0,
     }
     exp: dict[Any, float] = {
         ("idpass_archiver_passes", tuple(sorted({**labels, "outcome": o}.items()))): n
@@ -101,6 +103,8 @@ def _expected(labels: dict[str, str], *, exit_code: int, success: int) -> dict[A
         ("idpass_archiver_run_duration_seconds", base): 42.5,
         ("idpass_archiver_at_risk", base): 2,
         ("idpass_archiver_expired", base): 1,
+        ("idpass_archiver_images_absent", base): 0,
+        ("idpass_archiver_slot_conflicts", base): 0,
         ("idpass_archiver_last_run_timestamp_seconds", base): finished,
         ("idpass_archiver_last_run_exit_code", base): exit_code,
         ("idpass_archiver_last_run_success", base): success,

@@ -71,6 +71,7 @@ def test_json_has_stable_keys_and_utc_timestamps():
         "failed": 1,
         "work_left": 3,
         "no_images": 0,
+        "images_absent": 0,
         "skipped": 1,
         "by_state": {s.value: dict(COVERAGE.by_state).get(s, 0) for s in Outcome},
     }

@@ -20,9 +20,13 @@ class Outcome(StrEnum):
 
     PENDING = "pending"
     ARCHIVED = "archived"
-    NO_IMAGES = "no_images"
+    NO_IMAGES = "no_images"  # the pass keeps no images by design (retention 0)
+    # Inside the window, confirmed reads of the pass returned no image at all.
+    IMAGES_ABSENT = "images_absent"
     EXPIRED = "expired"
     NOT_READY = "not_ready"
+    # A read answered no images, or a slot null: read again before the pass settles.
+    CONFIRMING = "confirming"
     RETRY = "retry"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -33,9 +37,16 @@ class Outcome(StrEnum):
 
 
 FINAL_OUTCOMES = frozenset(
-    {Outcome.ARCHIVED, Outcome.NO_IMAGES, Outcome.EXPIRED, Outcome.FAILED, Outcome.SKIPPED}
+    {
+        Outcome.ARCHIVED,
+        Outcome.NO_IMAGES,
+        Outcome.IMAGES_ABSENT,
+        Outcome.EXPIRED,
+        Outcome.FAILED,
+        Outcome.SKIPPED,
+    }
 )
-WORK_STATES = (Outcome.PENDING, Outcome.RETRY, Outcome.NOT_READY)
+WORK_STATES = (Outcome.PENDING, Outcome.RETRY, Outcome.NOT_READY, Outcome.CONFIRMING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +80,12 @@ class CatalogEntry:
     key_ref: str | None = None
     link_expires_at: datetime | None = None
     lease_owner: str | None = None
+    # not_ready re-checks so far (their backoff; they spend no error attempts)
+    checks: int = 0
+    # confirming reads so far, and what every read of the pass saw per slot (JSON,
+    # see archiver.pipeline.confirm); neither spends error attempts
+    confirmations: int = 0
+    seen_slots: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +105,10 @@ class OutcomeUpdate:
     link_expires_at: datetime | None = None
     image_count: int | None = None
     image_bytes: int | None = None
+    seen_slots: str | None = None  # set when not None
     count_attempt: bool = True
+    count_check: bool = False  # a not_ready re-check
+    count_confirmation: bool = False  # a read that asked for a confirming read
 
 
 @dataclass(frozen=True, slots=True)

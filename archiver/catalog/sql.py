@@ -108,16 +108,32 @@ def _v4_pass_columns() -> list[sa.Column[Any]]:
     ]
 
 
-passes = sa.Table("passes", metadata, *_v1_pass_columns(), *_v2_pass_columns(), *_v4_pass_columns())
+def _v5_pass_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("checks", sa.Integer, nullable=True),
+        sa.Column("confirmations", sa.Integer, nullable=True),
+        sa.Column("seen_slots", sa.Text, nullable=True),
+    ]
+
+
+passes = sa.Table(
+    "passes",
+    metadata,
+    *_v1_pass_columns(),
+    *_v2_pass_columns(),
+    *_v4_pass_columns(),
+    *_v5_pass_columns(),
+)
 sa.Index("ix_passes_state_deadline", passes.c.state, passes.c.deadline)
 # Also ix_passes_due (migration 3): a partial index over the passes with work left,
 # on (deadline NULLS FIRST, pass_id): the order in which they are due.
 
-# The states with work left, as migration 3 wrote them into ix_passes_due's predicate.
+# The states with work left, as migration 5 wrote them into ix_passes_due's predicate.
 # Queries that should use that index repeat them as literals (not bound parameters), so
 # that SQLite and PostgreSQL can prove the index covers them whatever the parameters.
 # (A test checks they still equal WORK_STATES; if those change, add a migration.)
-DUE_STATES = ("pending", "retry", "not_ready")
+DUE_STATES = ("pending", "retry", "not_ready", "confirming")
+_V3_DUE_STATES = ("pending", "retry", "not_ready")  # as migration 3 shipped them
 
 source_watermarks = sa.Table(
     "source_watermarks",
@@ -177,7 +193,11 @@ def _migration_2(conn: Connection) -> None:
 def _migration_3(conn: Connection) -> None:
     """The due-order index: the next batch of due passes is read from the front of a
     small index instead of sorting every due pass (see the README's benchmark)."""
-    states = ", ".join(f"'{s}'" for s in DUE_STATES)
+    _create_due_index(conn, _V3_DUE_STATES)
+
+
+def _create_due_index(conn: Connection, due_states: tuple[str, ...]) -> None:
+    states = ", ".join(f"'{s}'" for s in due_states)
     # SQLite sorts NULLs first in ascending order and takes no NULLS FIRST in an index.
     deadline = "deadline NULLS FIRST" if conn.dialect.name == "postgresql" else "deadline"
     conn.execute(
@@ -200,7 +220,22 @@ def _migration_4(conn: Connection) -> None:
     run_chain.create(conn)
 
 
-MIGRATIONS = [(1, _migration_1), (2, _migration_2), (3, _migration_3), (4, _migration_4)]
+def _migration_5(conn: Connection) -> None:
+    """Confirmed absence: not_ready re-checks and confirming reads counted apart from
+    error attempts, what each read saw per slot, and the ``confirming`` state in the
+    due-order index."""
+    _add_columns(conn, "passes", _v5_pass_columns())
+    conn.execute(sa.text("DROP INDEX ix_passes_due"))
+    _create_due_index(conn, DUE_STATES)
+
+
+MIGRATIONS = [
+    (1, _migration_1),
+    (2, _migration_2),
+    (3, _migration_3),
+    (4, _migration_4),
+    (5, _migration_5),
+]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # The key of the PostgreSQL advisory lock held while the schema is checked and
@@ -363,6 +398,9 @@ class SqlCatalog:
             key_ref=row.key_ref,
             link_expires_at=row.link_expires_at,
             lease_owner=row.lease_owner,
+            checks=row.checks or 0,
+            confirmations=row.confirmations or 0,
+            seen_slots=row.seen_slots,
         )
 
     # -- interface ----------------------------------------------------------------
@@ -428,6 +466,9 @@ class SqlCatalog:
         deadline = images_deadline(completed, retention)
         if deadline != row.deadline:
             changes["deadline"] = deadline
+        if completed != row.completed_at and row.state == Outcome.NOT_READY.value:
+            # the source says it completed: check it now, not after the re-check backoff
+            changes["next_attempt_at"] = None
         return changes
 
     @staticmethod
@@ -652,6 +693,12 @@ class SqlCatalog:
             values["image_bytes"] = update.image_bytes
         if update.count_attempt:
             values["attempts"] = passes.c.attempts + 1
+        if update.count_check:
+            values["checks"] = sa.func.coalesce(passes.c.checks, 0) + 1
+        if update.count_confirmation:
+            values["confirmations"] = sa.func.coalesce(passes.c.confirmations, 0) + 1
+        if update.seen_slots is not None:
+            values["seen_slots"] = update.seen_slots
         for name in ("api_status", "manifest_key", "manifest_sha256"):
             value = getattr(update, name)
             if value is not None:

@@ -59,9 +59,12 @@ PEM_TYPE = "application/x-pem-file"
 
 SEALED_PAYLOAD = "aes-256-gcm"  # an image entry's ``payload`` in passthrough mode
 
-MANIFEST_VERSION = 1
+# Versioning: a change readers must know about is a new version with its own schema
+# file; this build writes MANIFEST_VERSION and reads every version in MANIFEST_SCHEMAS.
+MANIFEST_VERSION = 2
 MANIFEST_KIND = "idpass-archiver/pass-manifest"
-MANIFEST_SCHEMA = "pass-manifest.v1.schema.json"
+MANIFEST_SCHEMA = "pass-manifest.v2.schema.json"
+MANIFEST_SCHEMAS = {1: "pass-manifest.v1.schema.json", 2: MANIFEST_SCHEMA}
 RUN_MANIFEST_VERSION = 1
 RUN_MANIFEST_KIND = "idpass-archiver/run-manifest"
 RUN_MANIFEST_SCHEMA = "run-manifest.v1.schema.json"
@@ -171,15 +174,31 @@ def validate_against(schema_file: str, doc: Any, version_field: str, version: in
         )
 
 
-def _load_valid(data: bytes, what: str, schema_file: str, version_field: str) -> dict[str, Any]:
-    """Stored bytes → the document, once it is valid against ``schema_file``."""
+def _load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise FormatError(f"{what} is not valid JSON") from None
     if not isinstance(doc, dict):
         raise FormatError(f"{what} is not a JSON object")
+    return doc
+
+
+def _load_valid(data: bytes, what: str, schema_file: str, version_field: str) -> dict[str, Any]:
+    """Stored bytes → the document, once it is valid against ``schema_file``."""
+    doc = _load_json(data, what)
     validate_against(schema_file, doc, version_field, _VERSIONS[version_field])
+    return doc
+
+
+def _load_pass_manifest(data: bytes) -> dict[str, Any]:
+    """Stored bytes → a pass manifest of any version this build reads, once valid."""
+    doc = _load_json(data, "pass manifest")
+    found = doc.get("manifest_version")
+    if isinstance(found, int) and not isinstance(found, bool) and found in MANIFEST_SCHEMAS:
+        validate_against(MANIFEST_SCHEMAS[found], doc, "manifest_version", found)
+    else:  # the message names the version this build writes
+        validate_against(MANIFEST_SCHEMA, doc, "manifest_version", MANIFEST_VERSION)
     return doc
 
 
@@ -284,17 +303,29 @@ class PassManifest:
     kms_key_id: str | None
     signing_key_id: str
     objects: tuple[ObjectEntry, ...]
+    # every slot of the API's list without an image (version 1 knew only this)
     missing_slots: tuple[str, ...]
     image_count: int
     image_bytes: int
     age_recipients: tuple[str, ...]
+    # version 2: answered null by a read and returned by none / mentioned by no read;
+    # None for a version-1 manifest (unknown whether a missing slot was null or absent)
+    null_slots: tuple[str, ...] | None = None
+    absent_slots: tuple[str, ...] | None = None
+    reads: int | None = None  # version 2: the reads of the pass behind this manifest
+    manifest_version: int = MANIFEST_VERSION
 
     @classmethod
     def parse(cls, data: bytes) -> PassManifest:
         """Stored bytes → a typed manifest. Raises :class:`FormatError` for bytes that
         are not a pass manifest of a version this build reads."""
-        doc = _load_valid(data, "pass manifest", MANIFEST_SCHEMA, "manifest_version")
+        doc = _load_pass_manifest(data)
         p = doc["pass"]
+        null = tuple(doc["null_slots"]) if "null_slots" in doc else None
+        absent = tuple(doc["absent_slots"]) if "absent_slots" in doc else None
+        missing = doc.get("missing_slots")
+        if missing is None:
+            missing = sorted({*(null or ()), *(absent or ())})
         return cls(
             pass_id=doc["pass_id"],
             run_id=doc["run_id"],
@@ -313,10 +344,14 @@ class PassManifest:
             kms_key_id=doc["encryption"]["kms_key_id"],
             signing_key_id=doc["signing"]["key_id"],
             objects=tuple(ObjectEntry.from_json(o) for o in doc["objects"]),
-            missing_slots=tuple(doc["missing_slots"]),
+            missing_slots=tuple(missing),
             image_count=doc["image_count"],
             image_bytes=doc["image_bytes"],
             age_recipients=tuple(doc.get("client_side_encryption", {}).get("recipients", ())),
+            null_slots=null,
+            absent_slots=absent,
+            reads=doc.get("reads"),
+            manifest_version=doc["manifest_version"],
         )
 
     def counts(self) -> tuple[int, int]:

@@ -1,6 +1,8 @@
 """The pass manifest: the audit record of one archived pass.
 
-Format (version 1, published as ``config/schemas/pass-manifest.v1.schema.json``):
+Format (version 2, published as ``config/schemas/pass-manifest.v2.schema.json``;
+version 1, read still, had one ``missing_slots`` list where version 2 tells a slot
+answered null from one never present):
 canonical JSON (UTF-8, keys sorted, no insignificant whitespace, integers only, no
 floats), so the same content always gives the same bytes and the same SHA-256. It
 holds ids, hashes, sizes, slot names, timestamps and settings: never personal data.
@@ -9,6 +11,7 @@ The reader is :meth:`archiver.core.format.PassManifest.parse`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +27,18 @@ from archiver.core.format import (
     validate_against,
 )
 from archiver.core.images import sha256_hex
+
+
+@dataclass(frozen=True, slots=True)
+class SlotReport:
+    """The slots a pass manifest lists without an image, and how many reads saw it.
+
+    ``null_slots``: answered null by a read, returned with an image by none;
+    ``absent_slots``: slots of the API's list no read mentioned at all."""
+
+    null_slots: tuple[str, ...] = ()
+    absent_slots: tuple[str, ...] = ()
+    reads: int = 1
 
 
 def canonical_json(doc: Any) -> bytes:
@@ -55,7 +70,7 @@ def build_manifest(
     archiver_version: str,
     facts: PassFacts,
     objects: list[ObjectEntry],
-    missing_slots: list[str],
+    slots: SlotReport,
     decryption: str,
     sse: str,
     kms_key_id: str | None,
@@ -81,7 +96,9 @@ def build_manifest(
         "encryption": {"sse": sse, "kms_key_id": kms_key_id},
         "signing": {"algorithm": "ed25519", "key_id": signing_key_id},
         "objects": [o.to_json() for o in sorted(objects, key=lambda o: o.key)],
-        "missing_slots": sorted(missing_slots),
+        "null_slots": sorted(slots.null_slots),
+        "absent_slots": sorted(slots.absent_slots),
+        "reads": slots.reads,
         "image_count": sum(1 for o in objects if o.role == "image"),
         "image_bytes": sum(
             o.plaintext_size if o.plaintext_size is not None else o.size
@@ -101,8 +118,8 @@ def sha256sums(entries: list[tuple[str, str]]) -> bytes:
 
 
 def validate(doc: dict[str, Any]) -> None:
-    """Raise :class:`~archiver.errors.FormatError` unless ``doc`` is a valid version-1
-    manifest."""
+    """Raise :class:`~archiver.errors.FormatError` unless ``doc`` is a valid manifest
+    of the version this build writes."""
     validate_against(MANIFEST_SCHEMA, doc, "manifest_version", MANIFEST_VERSION)
 
 

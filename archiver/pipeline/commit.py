@@ -31,6 +31,7 @@ from archiver.core import manifest as mf
 from archiver.core.format import (
     JSON_TYPE,
     OCTET_TYPE,
+    SEALED_PAYLOAD,
     SUMS_TYPE,
     Layout,
     ObjectEntry,
@@ -40,9 +41,10 @@ from archiver.core.format import (
 )
 from archiver.core.images import sha256_hex
 from archiver.core.signing import Signer
-from archiver.errors import ArchiverError, ObjectConflict
+from archiver.errors import ArchiverError, ObjectConflict, ObjectNotFound
+from archiver.pipeline.confirm import SlotSeen
 from archiver.pipeline.options import PipelineOptions
-from archiver.pipeline.plan import ObjectSpec
+from archiver.pipeline.plan import ObjectSpec, image_key
 from archiver.results import PassResult
 from archiver.store import ObjectLock, ObjectStore, PutResult
 
@@ -87,12 +89,16 @@ class Committer:
         run_id: str,
         facts: PassFacts,
         specs: list[ObjectSpec],
-        missing_slots: list[str],
+        slots: mf.SlotReport,
+        earlier: Sequence[ObjectEntry] = (),
     ) -> PassResult:
-        """Put the objects, then the signature, then the manifest."""
+        """Put the objects, then the signature, then the manifest. ``earlier``: images
+        an earlier read of the pass stored (:meth:`stage`) that the last read did not
+        return; they are listed as stored."""
         bodies = await self._bodies(specs)
-        stored, sums = await self._put_objects(pass_id, specs, bodies)
+        stored, sums = await self._put_objects(pass_id, specs, bodies, earlier)
         entries = [_entry(put, spec) for spec, put in zip(specs, stored, strict=True)]
+        entries.extend(earlier)
         entries.append(_entry(sums))
         doc = mf.build_manifest(
             pass_id=pass_id,
@@ -101,7 +107,7 @@ class Committer:
             archiver_version=__version__,
             facts=facts,
             objects=entries,
-            missing_slots=missing_slots,
+            slots=slots,
             decryption=self.opt.decryption,
             sse=self.opt.sse,
             kms_key_id=self.opt.kms_key_id,
@@ -109,17 +115,17 @@ class Committer:
             age_recipients=[str(r) for r in self.age_recipients],
         )
         data, digest = mf.manifest_bytes(doc, check=False)
-        earlier = await self._publish(pass_id, data, digest)
-        if earlier is not None:
-            return earlier
+        committed = await self._publish(pass_id, data, digest)
+        if committed is not None:
+            return committed
         puts = [*stored, sums]
         images = [s for s in specs if s.role == "image"]
         return PassResult(
             pass_id,
             Outcome.ARCHIVED,
             None,
-            images=len(images),
-            image_bytes=sum(s.size for s in images),
+            images=len(images) + len(earlier),
+            image_bytes=sum(s.size for s in images) + sum(_plain_size(e) for e in earlier),
             objects_written=sum(1 for r in puts if not r.reused) + 2,
             objects_reused=sum(1 for r in puts if r.reused),
             manifest_key=self.layout.manifest(pass_id),
@@ -139,15 +145,65 @@ class Committer:
 
         return list(await asyncio.gather(*(one(s) for s in specs)))
 
-    async def _put_objects(
-        self, pass_id: str, specs: list[ObjectSpec], bodies: list[bytes]
-    ) -> tuple[list[PutResult], PutResult]:
-        """Put the objects and ``SHA256SUMS`` together; rewrite ``SHA256SUMS`` if an
-        adopted object makes it differ from what is stored."""
+    async def stage(self, pass_id: str, specs: list[ObjectSpec]) -> None:
+        """Store a read's images before the pass commits (a confirming read follows):
+        a later read that answers a slot null still finds its image here."""
+        bodies = await self._bodies(specs)
         hashes = [
             sha256_hex(b) if s.encrypt else s.sha256 for s, b in zip(specs, bodies, strict=True)
         ]
-        sums = self._sums([s.key for s in specs], hashes, pass_id)
+        await _all(
+            [
+                self._put(pass_id, s.key, b, h, s.content_type, adopt=s.adopt)
+                for s, b, h in zip(specs, bodies, hashes, strict=True)
+            ]
+        )
+
+    async def stored_image(self, pass_id: str, slot: str, seen: SlotSeen) -> ObjectEntry:
+        """The manifest entry of an image :meth:`stage` stored for an earlier read,
+        from what the store reports and what that read saw (``seen``)."""
+        sealed = self.opt.decryption == "passthrough"
+        age = bool(self.age_recipients)
+        key, ctype = image_key(self.layout, pass_id, slot, sealed=sealed, age=age)
+        info = await self.offload(self.store.head, key)
+        if info is None:
+            gone = "an image an earlier read stored is gone"
+            raise ObjectNotFound(gone, key=key, pass_id=pass_id)
+        sha = info.sha256
+        if sha is None:
+            sha = sha256_hex(await self.offload(self.store.get, key))
+        if not age and sha != seen.sha256:
+            raise ObjectConflict(
+                "an image an earlier read stored has changed",
+                key=key,
+                existing_sha256=sha,
+                new_sha256=seen.sha256,
+                pass_id=pass_id,
+            )
+        entry = ObjectEntry("image", key, info.size, sha, ctype, info.version_id, slot=slot)
+        entry = replace(entry, retain_until=info.retain_until, lock_mode=info.lock_mode)
+        entry = replace(entry, width=seen.width, height=seen.height)
+        if sealed:
+            entry = replace(entry, payload=SEALED_PAYLOAD)
+        if age:
+            entry = replace(entry, plaintext_sha256=seen.sha256, plaintext_size=seen.size)
+        return entry
+
+    async def _put_objects(
+        self,
+        pass_id: str,
+        specs: list[ObjectSpec],
+        bodies: list[bytes],
+        earlier: Sequence[ObjectEntry] = (),
+    ) -> tuple[list[PutResult], PutResult]:
+        """Put the objects and ``SHA256SUMS`` together; rewrite ``SHA256SUMS`` if an
+        adopted object makes it differ from what is stored. ``earlier``: objects
+        stored already, listed in ``SHA256SUMS`` too."""
+        hashes = [
+            sha256_hex(b) if s.encrypt else s.sha256 for s, b in zip(specs, bodies, strict=True)
+        ]
+        more_keys, more_hashes = [e.key for e in earlier], [e.sha256 for e in earlier]
+        sums = self._sums([s.key for s in specs] + more_keys, hashes + more_hashes, pass_id)
         puts = [
             self._put(pass_id, s.key, b, h, s.content_type, adopt=s.adopt)
             for s, b, h in zip(specs, bodies, hashes, strict=True)
@@ -158,7 +214,9 @@ class Committer:
             )
         )
         *stored, sums_put = await _all(puts)
-        actual = self._sums([r.key for r in stored], [r.sha256 for r in stored], pass_id)
+        actual = self._sums(
+            [r.key for r in stored] + more_keys, [r.sha256 for r in stored] + more_hashes, pass_id
+        )
         if sums_put.sha256 != sha256_hex(actual):
             sums_put = await self._put(
                 pass_id,
@@ -261,6 +319,10 @@ async def _all(puts: Sequence[Awaitable[PutResult]]) -> list[PutResult]:
         systemic = [f for f in failures if isinstance(f, ArchiverError) and f.systemic]
         raise (systemic or failures)[0]
     return [r for r in results if isinstance(r, PutResult)]
+
+
+def _plain_size(entry: ObjectEntry) -> int:
+    return entry.plaintext_size if entry.plaintext_size is not None else entry.size
 
 
 def _entry(put: PutResult, spec: ObjectSpec | None = None) -> ObjectEntry:

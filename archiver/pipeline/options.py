@@ -26,6 +26,15 @@ class PipelineOptions:
     retry_base: timedelta = timedelta(minutes=5)
     retry_cap: timedelta = timedelta(hours=6)
     not_ready_recheck: timedelta = timedelta(hours=1)
+    # Confirmed absence (archiver.pipeline.confirm): an answer with no images or a
+    # slot null is read again this many times, this far apart, before it settles;
+    # never when the next read would come later than confirm_margin before the deadline.
+    # A run waits for the confirming reads it scheduled up to confirm_wait ahead;
+    # later ones are read by a later run.
+    confirm_reads: int = 2
+    confirm_spacing: timedelta = timedelta(seconds=5)
+    confirm_wait: timedelta = timedelta(minutes=5)
+    confirm_margin: timedelta = timedelta(hours=1)
     sse: str = "aws:kms"
     kms_key_id: str | None = None
     worker_id: str = "worker"

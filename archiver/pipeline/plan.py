@@ -79,17 +79,33 @@ def plan_objects(
     return specs
 
 
+def image_key(
+    layout: Layout, pass_id: str, slot: str, *, sealed: bool, age: bool
+) -> tuple[str, str]:
+    """The key and content type of an image object."""
+    key = layout.image(pass_id, slot, sealed=sealed) + (AGE_SUFFIX if age else "")
+    return key, AGE_TYPE if age else OCTET_TYPE if sealed else JPEG_TYPE
+
+
+def plan_images(
+    layout: Layout, pass_id: str, images: list[CheckedImage], *, age: bool
+) -> list[ObjectSpec]:
+    """The images alone: what a read stores before a confirming read."""
+    return [_image(layout, pass_id, img, age=age) for img in images]
+
+
 def _image(layout: Layout, pass_id: str, img: CheckedImage, *, age: bool) -> ObjectSpec:
-    key = layout.image(pass_id, img.slot, sealed=img.sealed)
-    ctype = AGE_TYPE if age else OCTET_TYPE if img.sealed else JPEG_TYPE
+    key, ctype = image_key(layout, pass_id, img.slot, sealed=img.sealed, age=age)
     return ObjectSpec(
         role="image",
-        key=key + (AGE_SUFFIX if age else ""),
+        key=key,
         data=img.data,
         sha256=img.sha256,
         content_type=ctype,
         encrypt=age,
-        adopt=age,
+        # age ciphertexts and sealed payloads of the same image differ per encryption
+        # (a fresh nonce): not byte-comparable, an earlier read's object is kept
+        adopt=age or img.sealed,
         slot=img.slot,
         width=None if img.sealed else img.width,
         height=None if img.sealed else img.height,

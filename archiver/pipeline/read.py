@@ -5,9 +5,11 @@ The result says how the pass goes on and carries what the read learned about it
 whatever the outcome:
 
 * :class:`Ended`: the pass ends here (not complete yet, a status not archived, no
-  images, the window closed), or its answer cannot be archived as it is (a payload
-  error, or a bug met while checking it): an outcome decided by the attempt count;
-* :class:`Staged`: checked images and the record, ready for the commit protocol.
+  images by design), or its answer cannot be archived as it is (a payload error, or a
+  bug met while checking it): an outcome decided by the attempt count;
+* :class:`Staged`: checked images (perhaps none) and the record, and the slots the
+  answer had null: confirmation (:mod:`.confirm`) decides whether to read again, and
+  the commit protocol stores them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from archiver.core.retention import images_deadline
 from archiver.errors import DecryptionError, ImageDecodeError, PayloadError, safe_token
 from archiver.idpass import crypto
 from archiver.idpass.client import PassRead
-from archiver.idpass.models import SLOTS, PassDetails
+from archiver.idpass.models import PassDetails
 from archiver.idpass.transport import BodySlot
 from archiver.pipeline.commit import Offload
 from archiver.pipeline.options import PipelineOptions
@@ -80,9 +82,10 @@ class Staged:
 
     facts: PassFacts
     record: bytes  # the record's canonical bytes
-    images: list[CheckedImage]
+    images: list[CheckedImage]  # none when the answer had none (settled by confirmation)
     learned: Learned
-    missing_slots: list[str] = field(default_factory=list)
+    null_slots: list[str] = field(default_factory=list)  # answered null
+    images_field_present: bool = True
 
 
 ReadResult = Ended | Staged
@@ -148,16 +151,18 @@ class PassReader:
             return Ended(PassResult(pid, Outcome.SKIPPED, reason), learned)
         if d.completed_at is None:
             raise PayloadError("terminal pass has no completed_at", pass_id=pid)
-        if not read.images:
-            return Ended(self._no_images(pid, learned, read), learned)
-        images = await self._images(pid, read, local_key)
-        present = {img.slot for img in images}
+        if not read.images and learned.image_retention_days == 0:
+            reason = "image_retention_days is 0"
+            return Ended(PassResult(pid, Outcome.NO_IMAGES, reason), learned)
+        images = await self._images(pid, read, local_key) if read.images else []
         return Staged(
             facts=_facts(d, learned.deadline),
             record=orjson.dumps(read.record, option=orjson.OPT_SORT_KEYS),
             images=images,
             learned=learned,
-            missing_slots=[s for s in SLOTS if s not in present],
+            # an unsafe name is not kept (nor repeated): only safe key segments
+            null_slots=sorted({s for s in read.null_slots if valid_slot_name(s)}),
+            images_field_present=read.images_field_present,
         )
 
     def _not_ready(self, pid: str, d: PassDetails, learned: Learned) -> Ended:
@@ -175,18 +180,6 @@ class PassReader:
             f"at {isoformat(link_expires)}"
         )
         return Ended(PassResult(pid, Outcome.SKIPPED, reason), learned)
-
-    def _no_images(self, pid: str, learned: Learned, read: PassRead) -> PassResult:
-        deadline = learned.deadline
-        if learned.image_retention_days == 0:
-            return PassResult(pid, Outcome.NO_IMAGES, "image_retention_days is 0")
-        if deadline is not None and self.clock.now() >= deadline:
-            return PassResult(
-                pid, Outcome.EXPIRED, f"retention window closed at {isoformat(deadline)}"
-            )
-        if not read.images_field_present:
-            return PassResult(pid, Outcome.NO_IMAGES, "response has no images field")
-        return PassResult(pid, Outcome.NO_IMAGES, "no images returned inside the window")
 
     async def _images(self, pid: str, read: PassRead, local_key: str | None) -> list[CheckedImage]:
         if read.encrypted and self.opt.decryption == "passthrough":

@@ -21,7 +21,7 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -31,14 +31,17 @@ from archiver import errors
 from archiver.catalog import Catalog, CatalogEntry, Outcome, Scope
 from archiver.clock import Clock, isoformat
 from archiver.core.format import Layout
+from archiver.core.manifest import SlotReport
 from archiver.core.signing import Signer
 from archiver.errors import ArchiverError
+from archiver.idpass.models import SLOTS
 from archiver.idpass.transport import BodySlot
+from archiver.pipeline import confirm
 from archiver.pipeline.commit import Committer
 from archiver.pipeline.options import PipelineOptions
-from archiver.pipeline.plan import plan_objects
+from archiver.pipeline.plan import plan_images, plan_objects
 from archiver.pipeline.read import DetailsReader, Ended, PassReader, Staged
-from archiver.results import NOTHING_LEARNED, Learned, PassResult, RunSummary
+from archiver.results import NOTHING_LEARNED, SLOT_CONFLICT, Learned, PassResult, RunSummary
 from archiver.store import ObjectStore
 
 log = structlog.get_logger("archiver.pipeline")
@@ -57,6 +60,17 @@ class _RunParts:
     requests: asyncio.Semaphore  # details requests in flight
     bodies: asyncio.Semaphore  # response bodies held (and decoded)
     uploads: asyncio.Semaphore  # passes committing
+
+
+@dataclass
+class _Tally:
+    """What one run's feeder and workers share."""
+
+    unprocessed: set[str] = field(default_factory=set)  # claimed, no result recorded
+    busy: set[str] = field(default_factory=set)  # claimed, and neither skipped nor ended
+    # a pass ended: the feeder may have room to claim
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    confirm_at: list[datetime] = field(default_factory=list)  # confirming reads scheduled
 
 
 class Pipeline:
@@ -197,8 +211,8 @@ class Pipeline:
         # passes waiting for the API, holding a response body, uploading (see _archive)
         width = self.opt.requests + 2 * self.opt.concurrency
         queue: asyncio.Queue[CatalogEntry | None] = asyncio.Queue(maxsize=width)
-        unprocessed: set[str] = set()  # claimed but not (yet) finished
-        finished = asyncio.Event()  # a pass ended: the feeder may have room to claim
+        tally = _Tally()
+        unprocessed, busy, finished = tally.unprocessed, tally.busy, tally.finished
 
         async def worker() -> None:
             while True:
@@ -206,6 +220,7 @@ class Pipeline:
                 if entry is None:
                     return
                 if self._stop.is_set():
+                    busy.discard(entry.pass_id)
                     finished.set()  # the feeder may be waiting for room: it stops too
                     continue
                 task = asyncio.create_task(self._one(entry, parts))
@@ -218,22 +233,19 @@ class Pipeline:
                     result = None  # abandoned after the stop grace period
                 finally:
                     self._inflight.discard(task)
+                    busy.discard(entry.pass_id)
                     finished.set()
                 if result is not None:
                     summary.add(result)
                     unprocessed.discard(entry.pass_id)
-                    if self.on_result is not None:
+                    if result.next_attempt_at is not None:
+                        tally.confirm_at.append(result.next_attempt_at)
+                    # progress counts passes settled, not the reads that confirm them
+                    if self.on_result is not None and result.outcome is not Outcome.CONFIRMING:
                         self.on_result(result)
 
         if not pass_ids and scope is None:
-            expired, gone = self.catalog.close_overdue(self.clock.now())
-            for pid in expired:
-                log.warning("pass_expired", pass_id=pid)
-                summary.add(
-                    PassResult(pid, Outcome.EXPIRED, "retention window closed before archival")
-                )
-            for pid in gone:
-                summary.add(PassResult(pid, Outcome.NO_IMAGES, "image_retention_days is 0"))
+            self._close_overdue(summary)
 
         parts = self._parts()
         workers = [asyncio.create_task(worker()) for _ in range(width)]
@@ -244,29 +256,43 @@ class Pipeline:
                         break
                     await queue.put(entry)
             else:
-                await self._feed(queue, width, limit, unprocessed, finished, scope)
+                await self._feed(queue, width, limit, scope, tally)
         finally:
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
             if unprocessed:
                 self.catalog.release(self.opt.worker_id, sorted(unprocessed))
+        if not pass_ids and scope is None and self._systemic is None:
+            # a deadline that passed during the run is reported in this run
+            self._close_overdue(summary)
+
+    def _close_overdue(self, summary: RunSummary) -> None:
+        """Settle the passes whose window has closed (their last result in this run,
+        if any, is replaced)."""
+        expired, gone = self.catalog.close_overdue(self.clock.now())
+        for pid in expired:
+            log.warning("pass_expired", pass_id=pid)
+            summary.add(PassResult(pid, Outcome.EXPIRED, "retention window closed before archival"))
+        for pid in gone:
+            summary.add(PassResult(pid, Outcome.NO_IMAGES, "image_retention_days is 0"))
 
     async def _feed(
         self,
         queue: asyncio.Queue[CatalogEntry | None],
         width: int,
         limit: int | None,
-        unprocessed: set[str],
-        finished: asyncio.Event,
         scope: Scope | None,
+        tally: _Tally,
     ) -> None:
         """Claim due passes in small batches and queue them. A worker holds at most
         ``width`` leases, the passes it is working on: claiming further ahead would
         leave passes leased but idle while other workers of a shared catalog have
         nothing to do, and their leases ageing. A scope with many pass ids is worked
-        through in chunks."""
-        fed = 0
+        through in chunks. While passes are in flight, or a confirming read this run
+        scheduled is due soon (``confirm_wait``), the feeder claims again."""
+        unprocessed, busy, finished = tally.unprocessed, tally.busy, tally.finished
+        fed: set[str] = set()  # ``limit`` counts passes (a confirming read is no new one)
         batch_min = max(1, width // 4)  # fewer, larger claims: one statement each
         scopes: list[Scope | None] = [scope]
         if scope is not None and scope.pass_ids is not None:
@@ -278,20 +304,45 @@ class Pipeline:
                     finished.clear()
                     await finished.wait()
                     continue
-                want = room if limit is None else min(room, limit - fed)
-                if want <= 0:
-                    return
+                want = room if limit is None else min(room, limit - len(fed))
+                part_now = part
+                if want <= 0:  # at the limit: only confirming reads of its own passes
+                    if not await self._wait_for_confirmations(tally):
+                        return
+                    part_now, want = _only(part, fed), min(room, len(fed))
                 batch = self.catalog.claim(
-                    self.opt.worker_id, self.clock.now(), want, self.opt.lease_seconds, part
+                    self.opt.worker_id, self.clock.now(), want, self.opt.lease_seconds, part_now
                 )
                 if not batch:
-                    break
+                    if not await self._wait_for_confirmations(tally):
+                        break
+                    continue
+                busy.update(e.pass_id for e in batch)
                 unprocessed.update(e.pass_id for e in batch)
                 for entry in batch:
                     if self._stop.is_set():
                         return
-                    fed += 1
+                    fed.add(entry.pass_id)
                     await queue.put(entry)
+
+    async def _wait_for_confirmations(self, tally: _Tally) -> bool:
+        """Nothing is due: wait for the passes in flight, then sleep until the
+        earliest confirming read this run scheduled within ``confirm_wait`` is due.
+        False when there is none (or the run stops): the feeder is done."""
+        while tally.busy and not tally.confirm_at and not self._stop.is_set():
+            tally.finished.clear()
+            await tally.finished.wait()
+        now = self.clock.now()
+        soon = [t for t in tally.confirm_at if t - now <= self.opt.confirm_wait]
+        if not soon:
+            tally.confirm_at.clear()  # later ones are a later run's
+            return False
+        target = min(soon)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=(target - now).total_seconds())
+        # the reads due by now are claimed next; later ones are waited for after them
+        tally.confirm_at[:] = [t for t in tally.confirm_at if t > target]
+        return not self._stop.is_set()
 
     def _parts(self) -> _RunParts:
         return _RunParts(
@@ -316,6 +367,8 @@ class Pipeline:
             except ArchiverError as exc:
                 self._fail_systemic(exc)
                 return None
+            if result.outcome is Outcome.CONFIRMING:
+                return result  # logged as pass_confirming: the pass is not done
             log.info(
                 "pass_done",
                 outcome=result.outcome.value,
@@ -352,7 +405,7 @@ class Pipeline:
                 return read.outcome, read.learned
             return self._failure(entry, read.outcome), read.learned
         try:
-            return await self._commit(entry, read), read.learned
+            return await self._commit(entry, read)
         except Exception as exc:
             return self._failure(entry, exc), read.learned
         finally:
@@ -365,21 +418,61 @@ class Pipeline:
                 raise _Abort  # stopped while this pass waited: send nothing more
             yield
 
-    async def _commit(self, entry: CatalogEntry, staged: Staged) -> PassResult:
-        specs = plan_objects(
-            self.layout,
-            entry.pass_id,
-            staged.images,
-            staged.record,
-            age=self.age,
-        )
+    async def _commit(self, entry: CatalogEntry, staged: Staged) -> tuple[PassResult, Learned]:
+        """Confirm, or settle: commit every slot any read saw (:mod:`.confirm`)."""
+        earlier = confirm.load_seen(entry.seen_slots)
+        clash = confirm.conflicts(earlier, staged.images)
+        if clash:
+            reason = f"{SLOT_CONFLICT}: reads returned different images for {', '.join(clash)}"
+            log.error("slot_conflict", slots=clash)
+            return PassResult(entry.pass_id, Outcome.FAILED, reason), staged.learned
+        seen = confirm.merge(earlier, staged.images, staged.null_slots)
+        learned = dataclasses.replace(staged.learned, seen_slots=confirm.dump_seen(seen))
+        now = self.clock.now()
+        if confirm.needs_confirming(staged.images, staged.null_slots):
+            at = confirm.next_read_at(entry, now, staged.learned.deadline, self.opt)
+            if at is not None:  # before the deadline, less its margin
+                result = self._confirming(entry, staged, at)
+                specs = plan_images(self.layout, entry.pass_id, staged.images, age=self.age)
+                staged.images.clear()  # the specs hold the bytes now
+                await self.committer.stage(entry.pass_id, specs)
+                return result, learned
+        return await self._settle(entry, staged, seen), learned
+
+    def _confirming(self, entry: CatalogEntry, staged: Staged, at: datetime) -> PassResult:
+        what = "no images" if not staged.images else f"{len(staged.null_slots)} slot(s) null"
+        reason = f"{what}: confirming read {entry.confirmations + 1} of {self.opt.confirm_reads}"
+        log.info("pass_confirming", next_read_at=isoformat(at), null_slots=staged.null_slots)
+        return PassResult(entry.pass_id, Outcome.CONFIRMING, reason, next_attempt_at=at)
+
+    async def _settle(self, entry: CatalogEntry, staged: Staged, seen: confirm.Seen) -> PassResult:
+        """Commit what every read saw; with no image at all, the absence outcome."""
+        pid, reads = entry.pass_id, entry.confirmations + 1
+        stored = confirm.earlier_only(seen, staged.images)
+        if not staged.images and not stored:
+            return confirm.absent_result(
+                pid,
+                staged.learned,
+                field_present=staged.images_field_present,
+                reads=reads,
+                now=self.clock.now(),
+                opt=self.opt,
+            )
+        earlier = [await self.committer.stored_image(pid, s, v) for s, v in stored.items()]
+        present = {img.slot for img in staged.images} | set(stored)
+        null = sorted(s for s, v in seen.items() if v is None)
+        absent = [s for s in SLOTS if s not in present and s not in null]
+        if stored:
+            log.info("pass_slots_from_earlier_read", slots=sorted(stored), reads=reads)
+        specs = plan_objects(self.layout, pid, staged.images, staged.record, age=self.age)
         staged.images.clear()  # the specs hold the bytes now
         return await self.committer.commit(
-            entry.pass_id,
+            pid,
             run_id=self._run_id,
             facts=staged.facts,
             specs=specs,
-            missing_slots=staged.missing_slots,
+            slots=SlotReport(tuple(null), tuple(absent), reads),
+            earlier=earlier,
         )
 
     def _failure(self, entry: CatalogEntry, exc: Exception) -> PassResult | None:
@@ -414,15 +507,35 @@ class Pipeline:
         self._stop.set()
 
     def _record(self, entry: CatalogEntry, result: PassResult, learned: Learned) -> None:
+        """Record the outcome. Only errors spend the pass's attempts: a not_ready
+        re-check counts in ``checks`` (its own backoff), a confirming read in
+        ``confirmations``."""
         now = self.clock.now()
-        next_at = None
+        next_at = result.next_attempt_at
+        waiting = result.outcome in (Outcome.NOT_READY, Outcome.CONFIRMING)
         if result.outcome is Outcome.RETRY:
             delay = min(self.opt.retry_base * (2**entry.attempts), self.opt.retry_cap)
             next_at = now + delay
         elif result.outcome is Outcome.NOT_READY:
-            delay = self.opt.not_ready_recheck * (2**entry.attempts)
+            delay = self.opt.not_ready_recheck * (2 ** min(entry.checks, 32))
             next_at = now + min(delay, self.opt.retry_cap)
-        self.catalog.record(result.catalog_update(learned, next_attempt_at=next_at), now)
+        update = result.catalog_update(
+            learned,
+            next_attempt_at=next_at,
+            count_attempt=not waiting,
+            count_check=result.outcome is Outcome.NOT_READY,
+            count_confirmation=result.outcome is Outcome.CONFIRMING,
+        )
+        self.catalog.record(update, now)
+
+
+def _only(scope: Scope | None, pass_ids: set[str]) -> Scope:
+    """``scope`` narrowed to ``pass_ids`` (a run at its limit confirms only its own)."""
+    ids = tuple(sorted(pass_ids))
+    if scope is None:
+        return Scope(pass_ids=ids)
+    inside = ids if scope.pass_ids is None else tuple(i for i in ids if i in scope.pass_ids)
+    return dataclasses.replace(scope, pass_ids=inside)
 
 
 def _id_chunks(scope: Scope) -> list[Scope]:

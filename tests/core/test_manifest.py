@@ -48,7 +48,7 @@ def _doc(**over):
         archiver_version="0.1.0",
         facts=PassFacts("complete", "passed", T, T, 30, T),
         objects=objects,
-        missing_slots=["id_photo"],
+        slots=mf.SlotReport(null_slots=("selfie",), absent_slots=("id_photo",), reads=2),
         decryption="server",
         sse="aws:kms",
         kms_key_id="k",
@@ -93,8 +93,8 @@ def test_same_content_gives_same_bytes_regardless_of_object_order():
 def test_unknown_version_is_rejected_on_read():
     """A manifest of an unknown version is refused, not half-read."""
     doc = _doc()
-    doc["manifest_version"] = 2
-    with pytest.raises(FormatError, match="manifest_version 2") as caught:
+    doc["manifest_version"] = 3
+    with pytest.raises(FormatError, match="manifest_version 3") as caught:
         PassManifest.parse(orjson.dumps(doc))
     assert isinstance(caught.value, ArchiverError) and not caught.value.retryable
 
@@ -130,3 +130,35 @@ def test_layout_keys_hold_only_ids_and_slots():
     assert lay.run("r1", T) == "archive/runs/2026/05/04/r1.json"
     assert lay.relative(PID, lay.image(PID, "probe")) == "images/probe.jpg"
     assert Layout("").record(PID) == f"passes/{PID}/record.json"
+
+
+def test_version_2_tells_null_slots_from_absent_ones():
+    """Version 2 lists the slots answered null apart from those never present."""
+    data, _ = mf.manifest_bytes(_doc())
+    manifest = PassManifest.parse(data)
+    assert manifest.manifest_version == 2
+    assert manifest.null_slots == ("selfie",) and manifest.absent_slots == ("id_photo",)
+    assert manifest.reads == 2
+    assert manifest.missing_slots == ("id_photo", "selfie")
+
+
+def test_a_version_1_manifest_still_reads_with_null_or_absent_unknown():
+    """A manifest written before version 2 is read as it is: its ``missing_slots``,
+    and no claim about which of them were null."""
+    doc = _doc()
+    doc["manifest_version"] = 1
+    del doc["null_slots"], doc["absent_slots"], doc["reads"]
+    doc["missing_slots"] = ["id_photo", "selfie"]
+    manifest = PassManifest.parse(mf.canonical_json(doc))
+    assert manifest.manifest_version == 1
+    assert manifest.missing_slots == ("id_photo", "selfie")
+    assert manifest.null_slots is None and manifest.absent_slots is None
+    assert manifest.reads is None
+
+
+def test_version_2_slot_names_must_match_whole():
+    """``probe\\n`` is not a slot name (Python's ``$`` would let it through)."""
+    doc = _doc()
+    doc["null_slots"] = ["probe\n"]
+    with pytest.raises(FormatError, match="null_slots/0"):
+        mf.validate(doc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,7 +21,7 @@ from archiver.core.format import Layout
 from archiver.idpass.client import IdPassClient
 from archiver.logging import configure
 from archiver.metrics import write_textfile
-from archiver.pipeline import Pipeline, PipelineOptions
+from archiver.pipeline import DetailsReader, Pipeline, PipelineOptions
 from archiver.results import RunSummary
 from archiver.sandbox import SandboxServer
 from archiver.sources.file import read_file
@@ -46,7 +46,10 @@ class Harness:
     clock: Clock = field(default_factory=SystemClock)
     summaries: list[RunSummary] = field(default_factory=list)
     options: PipelineOptions = field(
-        default_factory=lambda: PipelineOptions(concurrency=4, kms_key_id="archive-key")
+        # confirming reads at once: a pass with a slot null settles in the same run
+        default_factory=lambda: PipelineOptions(
+            concurrency=4, kms_key_id="archive-key", confirm_spacing=timedelta(0)
+        )
     )
 
     def seed(self, count: int = 1, **spec: Any) -> list[dict[str, Any]]:
@@ -67,8 +70,15 @@ class Harness:
         assert r.status_code == 200
         return r.content
 
-    def run(self, *, token: str | None = None, **kwargs: Any) -> RunSummary:
-        """One cycle through the real client; ``token`` overrides the sandbox's."""
+    def run(
+        self,
+        *,
+        token: str | None = None,
+        wrap: Callable[[DetailsReader], DetailsReader] | None = None,
+        **kwargs: Any,
+    ) -> RunSummary:
+        """One cycle through the real client; ``token`` overrides the sandbox's;
+        ``wrap`` puts a reader around the client (one that alters real answers)."""
 
         async def go() -> RunSummary:
             with ThreadPoolExecutor(8) as pool:
@@ -78,7 +88,7 @@ class Harness:
                     max_connections=self.options.requests,  # as the app does
                 ) as api:
                     pipeline = Pipeline(
-                        api=api,
+                        api=wrap(api) if wrap is not None else api,
                         store=self.store,
                         catalog=self.catalog,
                         layout=self.layout,

@@ -32,6 +32,7 @@ from archiver.core.format import (
     signature_key,
 )
 from archiver.core.images import CheckedImage, check_image, sealed_payload
+from archiver.core.manifest import SlotReport
 from archiver.errors import ObjectConflict, StoreUnavailable
 from archiver.pipeline.commit import Committer
 from archiver.pipeline.options import PipelineOptions
@@ -91,7 +92,9 @@ def _commit(committer: Committer, specs: list[ObjectSpec]) -> PassResult:
             run_id="r-unit",
             facts=FACTS,
             specs=specs,
-            missing_slots=sorted({"document_back", "document_front", "selfie"} - present),
+            slots=SlotReport(
+                absent_slots=tuple(sorted({"document_back", "document_front", "selfie"} - present))
+            ),
         )
     )
 

@@ -37,7 +37,16 @@ def test_archives_images_record_sums_and_manifest(harness):
     assert sorted(images) == sorted(DEFAULT_SLOTS)
     for slot, entry in images.items():
         assert store.get(entry["key"]) == harness.image(p["id"], slot)
-    assert doc["missing_slots"] == sorted(set(SLOTS) - set(DEFAULT_SLOTS))
+    missing = sorted(set(SLOTS) - set(DEFAULT_SLOTS))
+    assert sorted(doc["absent_slots"] + doc["null_slots"]) == missing
+    answer = harness.http.post(
+        "/idpass/details",
+        json={"id": p["id"], "return_images": True},
+        headers={"Authorization": f"Bearer {harness.sandbox.token}"},
+    ).json()["images"]
+    assert doc["null_slots"] == sorted(s for s in missing if s in answer)
+    assert doc["absent_slots"] == sorted(s for s in missing if s not in answer)
+    assert doc["null_slots"] and doc["reads"] == 3  # null slots: confirmed by two more reads
     record = orjson.loads(store.get(lay.record(p["id"])))
     assert record["id"] == p["id"] and "images" not in record
     sums = store.get(lay.sums(p["id"])).decode()
@@ -90,7 +99,10 @@ def test_a_worker_leases_only_the_passes_it_is_working_on(harness, monkeypatch):
     leases (its passes waiting on the API, holding a body, uploading): it does not
     claim further ahead, where passes would sit leased and idle while other workers
     have nothing to do. The backlog is still worked through in batches."""
-    harness.options = dataclasses.replace(harness.options, concurrency=1, requests=2)
+    # one read per pass (no confirming reads of null slots): one lease each
+    harness.options = dataclasses.replace(
+        harness.options, concurrency=1, requests=2, confirm_reads=0
+    )
     width = 2 + 2 * 1
     passes = harness.seed(24, image_retention_days=30)
     harness.import_ledger()
@@ -180,7 +192,9 @@ def test_absent_slots_are_recorded_missing_not_errors(harness):
     assert _outcomes(summary)[p["id"]] is Outcome.ARCHIVED
     doc = manifest_doc(harness.store.get(harness.layout.manifest(p["id"])))
     assert doc["image_count"] == 2
-    assert "document_1_front" in doc["missing_slots"] and "probe" not in doc["missing_slots"]
+    missing = doc["absent_slots"] + doc["null_slots"]
+    assert "document_1_front" in missing and "probe" not in missing
+    assert len(missing) == len(SLOTS) - 2 and doc["reads"] == 3
 
 
 def test_rerun_fetches_nothing_and_writes_nothing(harness):

@@ -14,7 +14,7 @@ from archiver.catalog import Outcome
 from tests.fixtures.cli import TEST_SIGNER
 
 SCHEMA = json.loads(
-    (Path(__file__).parents[2] / "config" / "schemas" / "pass-manifest.v1.schema.json").read_text()
+    (Path(__file__).parents[2] / "config" / "schemas" / "pass-manifest.v2.schema.json").read_text()
 )
 
 
@@ -130,5 +130,5 @@ def test_absent_slots_recorded_as_missing(archived, seaweedfs, s3_bucket):
     h, ids, summary = archived
     [pid] = ids["sparse"]
     _, doc = _manifests(h, seaweedfs.client(), s3_bucket, [pid])[pid]
-    assert doc["image_count"] == 1 and len(doc["missing_slots"]) == 11
+    assert doc["image_count"] == 1 and len(doc["absent_slots"] + doc["null_slots"]) == 11
     assert [r.reason for r in summary.results if r.pass_id == pid] == [None]
