@@ -25,7 +25,6 @@ from typing import Any
 
 import httpx
 
-from archiver.config import PipelineSettings
 from tests.fixtures.cli import TEST_SIGNER, run_cli
 
 DETAILS = "/idpass/details"
@@ -106,16 +105,11 @@ def _run_env(env: dict[str, str]) -> dict[str, str]:
         "API__RETRY_MAX_WAIT_SECONDS": 2,
         "PIPELINE__CONCURRENCY": 1,
         "PIPELINE__RETRY_BASE_SECONDS": 1,
+        # a pass answered with no images or a null slot inside its window is read
+        # again before it settles: three confirming reads, a second apart
+        "PIPELINE__CONFIRM_READS": 3,
+        "PIPELINE__CONFIRM_SPACING_SECONDS": 1,
     }
-    # confirmed absence (re-read a pass answered with no images or a null slot inside
-    # its window before it settles), where the archiver has it
-    for name, value in (
-        ("confirm_reads", 3),
-        ("confirm_spacing", 0.5),
-        ("confirm_spacing_seconds", 0.5),
-    ):
-        if name in PipelineSettings.model_fields:
-            settings[f"PIPELINE__{name.upper()}"] = value
     return {**env, **{f"IDPASS_ARCHIVER_{k}": str(v) for k, v in settings.items()}}
 
 
