@@ -37,14 +37,22 @@ from archiver.core.format import (
 from archiver.core.images import sha256_hex
 from archiver.core.runlog import build_run_manifest, run_manifest_bytes
 from archiver.core.signing import Signer, SigningKeyError
-from archiver.errors import AlreadyRunning, ArchiverError, CatalogError, ConfigError, StoreError
+from archiver.errors import (
+    AlreadyRunning,
+    ArchiverError,
+    CatalogError,
+    ConfigError,
+    ObjectConflict,
+    PublicKeyConflict,
+    StoreError,
+)
 from archiver.idpass.client import IdPassClient
 from archiver.pipeline import DetailsReader, Pipeline, PipelineOptions, new_run_id
 from archiver.ratelimit import AsyncRateLimiter, RateLimitedReader
 from archiver.results import PassResult, RunSummary
 from archiver.retry import RetryingReader
 from archiver.scheduler import make_trigger
-from archiver.store import ObjectStore
+from archiver.store import ObjectLock, ObjectStore
 from archiver.store.guard import ReachabilityGuard
 
 if TYPE_CHECKING:
@@ -349,7 +357,7 @@ def _prepare(
         released = rt.catalog.release_all_leases()
         if released:
             log.warning("stale_leases_released", count=released)
-    publish_public_key(rt.store, Layout(s.storage.clean_prefix), signer)
+    publish_public_key(rt.store, Layout(s.storage.clean_prefix), signer, object_lock(s, rt.clock))
 
 
 @contextmanager
@@ -465,12 +473,43 @@ def load_signer(settings: Settings) -> Signer:
         raise ConfigError(str(exc), key="signing.key_file") from None
 
 
-def publish_public_key(store: ObjectStore, layout: Layout, signer: Signer) -> str:
+def object_lock(settings: Settings, clock: Clock) -> ObjectLock | None:
+    """The configured Object Lock retention for an object written now (None: off).
+    Every object a run writes gets it: the passes' (see the pipeline), the run
+    manifests, their signatures and the public key's copy."""
+    lock = settings.object_lock
+    if lock.mode is None:
+        return None
+    return ObjectLock(lock.mode, clock.now() + timedelta(days=lock.retain_days))
+
+
+def publish_public_key(
+    store: ObjectStore, layout: Layout, signer: Signer, lock: ObjectLock | None = None
+) -> str:
     """Put the public key beside the archive (for convenience: auditors should take
-    the key they trust from the README's channel, not from the bucket)."""
+    the key they trust from the README's channel, not from the bucket).
+
+    Raises :class:`PublicKeyConflict` when the key's copy holds other bytes: the key
+    id is public, so anyone who can write to the bucket can put an object there."""
     pem = signer.verifier.public_pem()
     key = layout.public_key(signer.key_id)
-    store.put(key, pem, sha256=sha256_hex(pem), content_type="application/x-pem-file")
+    try:
+        store.put(
+            key, pem, sha256=sha256_hex(pem), content_type="application/x-pem-file", lock=lock
+        )
+    except ObjectConflict as exc:
+        raise PublicKeyConflict(
+            f"the public key's copy {key} holds an object that does not match this "
+            f"signer's public key (key id {signer.key_id}; stored sha256 "
+            f"{exc.existing_sha256}, ours {exc.new_sha256}): someone else wrote it, and "
+            "nothing is archived while it is there. Find out who can write to the "
+            "bucket; then delete that object, or, if Object Lock holds it, sign with a "
+            "new key (signing.key_file) and list the old public key in "
+            "signing.public_key_files",
+            key=key,
+            existing_sha256=exc.existing_sha256,
+            new_sha256=exc.new_sha256,
+        ) from None
     return key
 
 
@@ -605,15 +644,16 @@ class _ChainAppend:
             self.log.warning(
                 "run_manifest_rechained", key=self.key, previous=previous[0] if previous else None
             )
-        store = self.rt.store
+        store, lock = self.rt.store, object_lock(s, self.rt.clock)
         store.put(
             signature_key(self.key),
             sig,
             sha256=sha256_hex(sig),
             content_type=OCTET_TYPE,
+            lock=lock,
             overwrite=again,
         )
-        store.put(self.key, data, sha256=digest, content_type=JSON_TYPE, overwrite=again)
+        store.put(self.key, data, sha256=digest, content_type=JSON_TYPE, lock=lock, overwrite=again)
         self.stored = _Stored(digest, previous)
 
 

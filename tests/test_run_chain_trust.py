@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from archiver import config
+from tests.fixtures.cli import TEST_SIGNER, archive_with_cli, run_cli
 
 BASE = """
 [api]
@@ -115,3 +119,85 @@ store_cipher_keys = true
     assert doc["api"]["base_url"] == "https://api.example.test"
     assert doc["metrics"]["pushgateway_url"] == "https://push.example.test:9091/?job=x"
     assert doc["storage"]["bucket"] == "my-archive" and doc["sources"][0]["name"] == "kyc"
+
+
+# -- Object Lock on every object the job writes (real SeaweedFS) -------------------------
+
+
+def _lock(cfg: Path, mode: str = "GOVERNANCE") -> None:
+    cfg.write_text(cfg.read_text() + f'\n[object_lock]\nmode = "{mode}"\nretain_days = 1\n')
+
+
+def _run(cfg: Path, env: dict[str, str], watch: Any = None) -> dict[str, Any]:
+    proc = run_cli(["run", "--json", "--config", str(cfg)], env=env, watch=watch)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    doc["_proc"] = proc
+    return doc
+
+
+def test_run_manifests_signatures_and_the_key_copy_carry_object_lock(
+    cli_config, sandbox_http, seaweedfs, s3_bucket
+) -> None:
+    """With [object_lock] configured, two runs: each run manifest, its signature and
+    the public key's copy are stored with that mode and a retain-until date about
+    retain_days ahead, like the passes' objects."""
+    cfg, env = cli_config
+    _lock(cfg)
+    archive_with_cli(cfg, env, sandbox_http, runs=2)
+    s3 = seaweedfs.client()
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket, Prefix="cli/")
+        for o in page.get("Contents", [])
+    ]
+    audit = [k for k in keys if k.startswith(("cli/runs/", "cli/keys/"))]
+    assert len([k for k in audit if k.startswith("cli/runs/")]) == 4  # 2 manifests, 2 .sig
+    assert f"cli/keys/{TEST_SIGNER.key_id}.pub.pem" in audit
+    a_pass_object = next(k for k in keys if k.startswith("cli/passes/"))
+    now = datetime.now(UTC)
+    for key in [*audit, a_pass_object]:
+        retention = s3.get_object_retention(Bucket=s3_bucket, Key=key)["Retention"]
+        assert retention["Mode"] == "GOVERNANCE", key
+        ahead = retention["RetainUntilDate"] - now
+        assert timedelta(hours=23) < ahead <= timedelta(days=1, minutes=5), (key, ahead)
+
+
+# -- a foreign object where the public key belongs ---------------------------------------
+
+
+def test_a_foreign_object_at_the_public_key_is_a_systemic_failure(
+    cli_config, sandbox_http, seaweedfs, s3_bucket, pii_watch
+) -> None:
+    """Someone who can write to the bucket puts other bytes at keys/<key id>.pub.pem
+    (the key id is public) before the job first runs: every run stops before any pass
+    with exit 3, its summary and log naming the key, saying it does not match this
+    signer's public key and what to do; no traceback. The passes stay due."""
+    cfg, env = cli_config
+    key = f"cli/keys/{TEST_SIGNER.key_id}.pub.pem"
+    seaweedfs.client().put_object(Bucket=s3_bucket, Key=key, Body=b"not our key\n")
+    r = sandbox_http.post(
+        "/_sandbox/passes", json={"count": 2, "image_retention_days": 30, "slots": ["id_photo"]}
+    )
+    ledger = cfg.parent / "ledger.jsonl"
+    ledger.write_bytes(sandbox_http.get("/_sandbox/ledger").content)
+    imported = run_cli(["catalog", "import", str(ledger), "--config", str(cfg)], env=env)
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    for _ in range(2):
+        doc = _run(cfg, env, pii_watch)
+        assert doc["_proc"].returncode == 3, doc["_proc"].stderr[-3000:]
+        error = doc["systemic_error"]
+        assert error.startswith("public_key_conflict: "), error
+        assert key in error and "does not match this signer's public key" in error
+        assert "signing.key_file" in error  # what to do
+        assert doc["passes"] == 0
+        assert '"event": "run_aborted"' in doc["_proc"].stderr
+    ids = {p["id"] for p in r.json()["passes"]}
+    conn = sqlite3.connect(f"file:{cfg.parent / 'catalog.db'}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT pass_id, state, attempts FROM passes").fetchall()
+    finally:
+        conn.close()
+    assert {(pid, state, attempts) for pid, state, attempts in rows if pid in ids} == {
+        (pid, "pending", 0) for pid in ids
+    }
