@@ -15,6 +15,7 @@ bypass Object Lock) and read what the job stores there:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from typing import Any
 import orjson
 
 from archiver import config
+from archiver.core.signing import Signer
 from tests.fixtures.cli import TEST_SIGNER, archive_with_cli, run_cli
 
 BASE = """
@@ -201,3 +203,100 @@ def test_a_foreign_object_at_the_public_key_is_a_systemic_failure(
     assert {(pid, state, attempts) for pid, state, attempts in rows if pid in ids} == {
         (pid, "pending", 0) for pid in ids
     }
+
+
+# -- only signed run manifests are adopted into the chain (real SeaweedFS) ---------------
+
+
+def _run_keys(s3: Any, bucket: str) -> list[str]:
+    return [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="cli/runs/")
+        for o in page.get("Contents", [])
+        if o["Key"].endswith(".json")
+    ]
+
+
+def _plant(s3: Any, bucket: str, head: str, name: str, sig: bytes | None) -> str:
+    """Put a run manifest that follows ``head`` in its chain, as someone who can write
+    to the bucket can: a copy of ``head`` with another run id, previous naming ``head``,
+    and ``sig`` (if any) as its detached signature."""
+    body = s3.get_object(Bucket=bucket, Key=head)["Body"].read()
+    doc = json.loads(body)
+    doc["run_id"] = f"{doc['run_id'].split('-', 1)[0]}-{name}"
+    doc["previous"] = {"key": head, "sha256": hashlib.sha256(body).hexdigest()}
+    data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    key = f"{head.rsplit('/', 1)[0]}/{doc['run_id']}.json"
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    if sig is not None:
+        s3.put_object(Bucket=bucket, Key=key + ".sig", Body=sig)
+    return key
+
+
+def _events(proc: Any, event: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    return [e for e in lines if e["event"] == event]
+
+
+def _chain_from_head(s3: Any, bucket: str, head: str) -> list[tuple[str, bytes, bytes]]:
+    """Each run manifest from ``head`` back along the previous links, with its bytes
+    and its detached signature's."""
+    links = []
+    key: str | None = head
+    while key is not None:
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        sig = s3.get_object(Bucket=bucket, Key=key + ".sig")["Body"].read()
+        links.append((key, data, sig))
+        previous = json.loads(data)["previous"]
+        key = previous["key"] if previous else None
+    return links
+
+
+def test_planted_run_manifests_are_not_adopted_into_the_chain(
+    cli_config, sandbox_http, seaweedfs, s3_bucket, tmp_path, pii_watch
+) -> None:
+    """After a first run, an unsigned run manifest and one whose signature is not by
+    a trusted key are planted under runs/, each naming the head as its previous. The
+    next two runs chain after the head and their own manifests only (logging each
+    planted one as not adopted, with its reason); once the planter deletes its
+    objects (it can: they carry no retention), `verify --all` finds no broken link,
+    and every manifest of the chain verifies under the signer's key."""
+    cfg, env = cli_config
+    _lock(cfg)
+    archive_with_cli(cfg, env, sandbox_http, runs=1)
+    s3 = seaweedfs.client()
+    [first] = _run_keys(s3, s3_bucket)
+    unsigned = _plant(s3, s3_bucket, first, "planted-unsigned", None)
+    forged = _plant(s3, s3_bucket, first, "planted-forged", Signer.generate().sign(b"other"))
+
+    second = _run(cfg, env, pii_watch)
+    assert second["_proc"].returncode == 0, second["_proc"].stderr[-3000:]
+    refused = {
+        (e["key"], e["reason"]) for e in _events(second["_proc"], "run_manifest_not_adopted")
+    }
+    assert refused == {(unsigned, "unsigned"), (forged, "bad_signature")}
+    assert _events(second["_proc"], "run_manifest_adopted") == []
+    archive_with_cli(cfg, env, sandbox_http, runs=1)
+
+    for key in (unsigned, forged, forged + ".sig"):
+        s3.delete_object(Bucket=s3_bucket, Key=key)
+    pub = tmp_path / "signing.pub.pem"
+    pub.write_bytes(TEST_SIGNER.verifier.public_pem())
+    auditor = {k: v for k, v in env.items() if k.startswith("AWS_")}
+    proc = run_cli(
+        ["verify", "--all", "--json", "--config", str(cfg), "--public-key", str(pub)],
+        env=auditor,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert [f for f in report["findings"] if f["kind"].startswith("chain")] == []
+    assert (proc.returncode, report["run_manifests_checked"]) == (0, 3), report
+
+    conn = sqlite3.connect(f"file:{cfg.parent / 'catalog.db'}?mode=ro", uri=True)
+    try:
+        [(head,)] = conn.execute("SELECT manifest_key FROM runs ORDER BY finished_at DESC LIMIT 1")
+    finally:
+        conn.close()
+    chain = _chain_from_head(s3, s3_bucket, head)
+    assert [key for key, _, _ in chain][-1] == first and len(chain) == 3
+    assert all(TEST_SIGNER.verifier.verify(data, sig) for _, data, sig in chain)
