@@ -192,7 +192,7 @@ def test_a_foreign_object_at_the_public_key_is_a_systemic_failure(
         assert error.startswith("public_key_conflict: "), error
         assert key in error and "does not match this signer's public key" in error
         assert "signing.key_file" in error  # what to do
-        assert doc["passes"] == 0
+        assert doc["passes"] == 0 and doc["run_manifest_key"] is not None
         assert '"event": "run_aborted"' in doc["_proc"].stderr
     ids = {p["id"] for p in r.json()["passes"]}
     conn = sqlite3.connect(f"file:{cfg.parent / 'catalog.db'}?mode=ro", uri=True)
