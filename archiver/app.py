@@ -31,20 +31,31 @@ from archiver.core.format import (
     OCTET_TYPE,
     ChainLink,
     Layout,
+    RunManifest,
     chain_link_of,
     signature_key,
 )
 from archiver.core.images import sha256_hex
 from archiver.core.runlog import build_run_manifest, run_manifest_bytes
-from archiver.core.signing import Signer, SigningKeyError
-from archiver.errors import AlreadyRunning, ArchiverError, CatalogError, ConfigError, StoreError
+from archiver.core.signing import Signer, SigningKeyError, Verifier
+from archiver.errors import (
+    AlreadyRunning,
+    ArchiverError,
+    CatalogError,
+    ConfigError,
+    FormatError,
+    ObjectConflict,
+    ObjectNotFound,
+    PublicKeyConflict,
+    StoreError,
+)
 from archiver.idpass.client import IdPassClient
 from archiver.pipeline import DetailsReader, Pipeline, PipelineOptions, new_run_id
 from archiver.ratelimit import AsyncRateLimiter, RateLimitedReader
 from archiver.results import PassResult, RunSummary
 from archiver.retry import RetryingReader
 from archiver.scheduler import make_trigger
-from archiver.store import ObjectStore
+from archiver.store import ObjectInfo, ObjectLock, ObjectStore
 from archiver.store.guard import ReachabilityGuard
 
 if TYPE_CHECKING:
@@ -208,6 +219,7 @@ async def run_cycle(
             "no API token: set IDPASS_ARCHIVER_API_TOKEN or api.token_file", key="api.token"
         )
     signer = load_signer(s)
+    trusted_verifiers(s, signer)  # an unreadable public_key_files entry: a usage error, now
     layout = Layout(s.storage.clean_prefix)
     # The public key, put first, is the object the guard asks about.
     guard = ReachabilityGuard(rt.store, probe_key=layout.public_key(signer.key_id))
@@ -353,7 +365,7 @@ def _prepare(
         released = rt.catalog.release_all_leases()
         if released:
             log.warning("stale_leases_released", count=released)
-    publish_public_key(rt.store, Layout(s.storage.clean_prefix), signer)
+    publish_public_key(rt.store, Layout(s.storage.clean_prefix), signer, object_lock(s, rt.clock))
 
 
 @contextmanager
@@ -469,12 +481,59 @@ def load_signer(settings: Settings) -> Signer:
         raise ConfigError(str(exc), key="signing.key_file") from None
 
 
-def publish_public_key(store: ObjectStore, layout: Layout, signer: Signer) -> str:
+def object_lock(settings: Settings, clock: Clock) -> ObjectLock | None:
+    """The configured Object Lock retention for an object written now (None: off).
+    Every object a run writes gets it: the passes' (see the pipeline), the run
+    manifests, their signatures and the public key's copy."""
+    lock = settings.object_lock
+    if lock.mode is None:
+        return None
+    return ObjectLock(lock.mode, clock.now() + timedelta(days=lock.retain_days))
+
+
+def trusted_verifiers(settings: Settings, signer: Signer) -> list[Verifier]:
+    """The keys whose run manifests a run adopts into its chain, as ``verify`` trusts
+    them: this signer's, and the earlier ones listed in ``signing.public_key_files``."""
+    trusted = [signer.verifier]
+    for path in settings.signing.public_key_files:
+        try:
+            trusted.append(Verifier.from_pem(path.read_bytes()))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read public key {path} ({exc.strerror})", key="signing.public_key_files"
+            ) from None
+        except SigningKeyError as exc:
+            raise ConfigError(f"public key {path}: {exc}", key="signing.public_key_files") from None
+    return trusted
+
+
+def publish_public_key(
+    store: ObjectStore, layout: Layout, signer: Signer, lock: ObjectLock | None = None
+) -> str:
     """Put the public key beside the archive (for convenience: auditors should take
-    the key they trust from the README's channel, not from the bucket)."""
+    the key they trust from the README's channel, not from the bucket).
+
+    Raises :class:`PublicKeyConflict` when the key's copy holds other bytes: the key
+    id is public, so anyone who can write to the bucket can put an object there."""
     pem = signer.verifier.public_pem()
     key = layout.public_key(signer.key_id)
-    store.put(key, pem, sha256=sha256_hex(pem), content_type="application/x-pem-file")
+    try:
+        store.put(
+            key, pem, sha256=sha256_hex(pem), content_type="application/x-pem-file", lock=lock
+        )
+    except ObjectConflict as exc:
+        raise PublicKeyConflict(
+            f"the public key's copy {key} holds an object that does not match this "
+            f"signer's public key (key id {signer.key_id}; stored sha256 "
+            f"{exc.existing_sha256}, ours {exc.new_sha256}): someone else wrote it, and "
+            "nothing is archived while it is there. Find out who can write to the "
+            "bucket; then delete that object, or, if Object Lock holds it, sign with a "
+            "new key (signing.key_file) and list the old public key in "
+            "signing.public_key_files",
+            key=key,
+            existing_sha256=exc.existing_sha256,
+            new_sha256=exc.new_sha256,
+        ) from None
     return key
 
 
@@ -534,6 +593,7 @@ class _ChainAppend:
         self.chain = chain_id(rt.settings)
         self.key = self.layout.run(summary.run_id, summary.started_at)
         self.stored: _Stored | None = None
+        self.trusted = trusted_verifiers(rt.settings, signer)
         self.log = structlog.get_logger("archiver.app")
 
     def run(self) -> RunLink:
@@ -566,7 +626,12 @@ class _ChainAppend:
         line = [head] if head is not None else []
         while line:
             found = orphan_successor(
-                self.rt.store, self.layout, self.chain, *line[-1], self.rt.clock.now()
+                self.rt.store,
+                self.layout,
+                self.chain,
+                *line[-1],
+                self.rt.clock.now(),
+                trusted=self.trusted,
             )
             if found is None or found in line:
                 break
@@ -609,15 +674,16 @@ class _ChainAppend:
             self.log.warning(
                 "run_manifest_rechained", key=self.key, previous=previous[0] if previous else None
             )
-        store = self.rt.store
+        store, lock = self.rt.store, object_lock(s, self.rt.clock)
         store.put(
             signature_key(self.key),
             sig,
             sha256=sha256_hex(sig),
             content_type=OCTET_TYPE,
+            lock=lock,
             overwrite=again,
         )
-        store.put(self.key, data, sha256=digest, content_type=JSON_TYPE, overwrite=again)
+        store.put(self.key, data, sha256=digest, content_type=JSON_TYPE, lock=lock, overwrite=again)
         self.stored = _Stored(digest, previous)
 
 
@@ -627,7 +693,14 @@ ORPHAN_LOOKBACK = timedelta(days=2)
 
 
 def orphan_successor(
-    store: ObjectStore, layout: Layout, chain: str, head_key: str, head_sha: str, now: datetime
+    store: ObjectStore,
+    layout: Layout,
+    chain: str,
+    head_key: str,
+    head_sha: str,
+    now: datetime,
+    *,
+    trusted: Sequence[Verifier],
 ) -> tuple[str, str] | None:
     """A stored run manifest of ``chain`` that follows the head but is not (yet) it.
 
@@ -639,32 +712,74 @@ def orphan_successor(
     compare-and-set on the head (:func:`write_run_manifest`) then sorts out which run
     moves it. Candidates are the ``.json`` objects in the day folders from two days
     before the head's to today, stored after the head; each is read to check its chain
-    and its previous link. Returns its key and SHA-256, or None.
+    and its previous link.
+
+    Anyone who can write to the bucket can put such an object, so a candidate is
+    adopted only if its detached signature verifies under one of the ``trusted`` keys
+    and it is a run manifest; any other is logged (``run_manifest_not_adopted``) and
+    passed over. Returns its key and SHA-256, or None.
     """
     head = store.head(head_key)
     if head is None or head.last_modified is None:
         return None  # the head itself is missing: verify reports it; nothing to adopt
-    folder = head_key.rsplit("/", 1)[0]
+    wanted = (chain, ChainLink(head_key, head_sha))
+    for info in _stored_after(store, layout, head, now):
+        data = store.get(info.key)
+        # An unreadable object is not a candidate: verify judges it.
+        if chain_link_of(data) == wanted and _trusted(store, info.key, data, trusted):
+            return info.key, sha256_hex(data)
+    return None
+
+
+def _stored_after(
+    store: ObjectStore, layout: Layout, head: ObjectInfo, now: datetime
+) -> Iterator[ObjectInfo]:
+    """The ``.json`` objects under runs/ stored after ``head``, in the day folders from
+    :data:`ORPHAN_LOOKBACK` before the head's to ``now``'s (none if the head's key is
+    not of this layout)."""
+    folder = head.key.rsplit("/", 1)[0]
     try:
         y, m, d = (int(part) for part in folder.rsplit("/", 3)[-3:])
         day = datetime(y, m, d, tzinfo=UTC) - ORPHAN_LOOKBACK
     except ValueError:
-        return None  # not a key of this layout
-    wanted = (chain, ChainLink(head_key, head_sha))
+        return  # not a key of this layout
+    assert head.last_modified is not None
     while day <= now:
-        for info in store.list(f"{layout.runs_root()}{day:%Y/%m/%d}/"):
+        for info in store.list(layout.runs_day(day)):
             if (
-                not info.key.endswith(".json")
-                or info.key == head_key
-                or info.last_modified is None
-                or info.last_modified < head.last_modified
+                info.key.endswith(".json")
+                and info.key != head.key
+                and info.last_modified is not None
+                and info.last_modified >= head.last_modified
             ):
-                continue
-            data = store.get(info.key)
-            # An unreadable object is not a candidate: verify judges it.
-            if chain_link_of(data) == wanted:
-                return info.key, sha256_hex(data)
+                yield info
         day += timedelta(days=1)
+
+
+def _trusted(store: ObjectStore, key: str, data: bytes, trusted: Sequence[Verifier]) -> bool:
+    """Whether the run manifest ``data`` at ``key`` may join the chain; if not, log why."""
+    reason = _distrust(store, key, data, trusted)
+    if reason is not None:
+        structlog.get_logger("archiver.app").warning(
+            "run_manifest_not_adopted", key=key, reason=reason
+        )
+    return reason is None
+
+
+def _distrust(store: ObjectStore, key: str, data: bytes, trusted: Sequence[Verifier]) -> str | None:
+    """Why ``data`` is no run manifest to adopt (verify's names for it), or None:
+    ``unsigned`` (no signature beside it), ``bad_signature`` (not by a trusted key),
+    ``invalid_run_manifest`` (signed, but not of the published schema)."""
+    try:
+        sig = store.get(signature_key(key))
+    except ObjectNotFound:
+        return "unsigned"
+    if not any(v.verify(data, sig) for v in trusted):
+        return "bad_signature"
+    try:
+        RunManifest.parse(data)
+    except FormatError:
+        return "invalid_run_manifest"
     return None
 
 

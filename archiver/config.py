@@ -448,11 +448,59 @@ class Settings(_Section):
         return self.api
 
     def fingerprint(self) -> str:
-        """SHA-256 of the configuration without secrets: which settings a run used."""
-        data = self.model_dump(mode="json", exclude={"source_path"})
+        """SHA-256 of :meth:`fingerprint_input`: which settings a run used. It is
+        stored in every run manifest, unsalted, so its input holds no secret: a hash
+        of a password among known settings is the password, to anyone who guesses."""
         import orjson
 
-        return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        data = orjson.dumps(self.fingerprint_input(), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(data).hexdigest()
+
+    def fingerprint_input(self) -> dict[str, Any]:
+        """The settings without any secret: every field of :data:`SECRETS` (the value
+        and the file it is read from) left out, and the user and password of every
+        URL-like setting, and its query parameters that look like credentials, too."""
+        data = self.model_dump(mode="json", exclude={"source_path"})
+        for secret in SECRETS:
+            tables = data.get(secret.section)
+            for table in tables if isinstance(tables, list) else [tables]:
+                if isinstance(table, dict):
+                    table.pop(secret.key, None)
+                    table.pop(secret.file_key, None)
+        stripped: dict[str, Any] = _without_credentials(data)
+        return stripped
+
+
+#: Query parameter names of a URL that carry credentials (``?password=...``).
+_CREDENTIAL_PARAM = re.compile(r"pass|pwd|secret|token|key|cred|auth|sig", re.IGNORECASE)
+
+
+def _without_credentials(value: Any) -> Any:
+    """``value`` (settings as JSON) with every URL-like string's credentials removed."""
+    if isinstance(value, dict):
+        return {k: _without_credentials(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_credentials(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return _url_without_credentials(value)
+    return value
+
+
+def _url_without_credentials(url: str) -> str:
+    """``url`` without its user info and credential-like query parameters; a string
+    that does not parse as a URL is left out (it might hold anything)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    except ValueError:
+        return "(not a URL)"
+    query = "&".join(
+        pair for pair in parts.query.split("&") if pair and not _CREDENTIAL_PARAM.search(pair)
+    )
+    return parts._replace(netloc=netloc, query=query, fragment="").geturl()
 
 
 def _scalar(text: str) -> Any:

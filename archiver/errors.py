@@ -31,6 +31,7 @@ status, a slot name) enters one only through :func:`safe_token`.
     │   ├── StoreAccessDenied         no        yes   credentials / policy
     │   ├── ObjectNotFound            no        no    no such key or version (a read)
     │   ├── ObjectConflict            no        no    key exists with other content
+    │   │   └── PublicKeyConflict     no        yes   a foreign object at the key's copy
     │   └── EncryptionRefused         no        yes   a write would not be encrypted
     ├── CatalogError                  no        yes   the catalog database
     ├── FormatError                   no        no    stored bytes that are not a manifest
@@ -283,6 +284,14 @@ class ObjectConflict(StoreError):
         super().__init__(message, key=key, pass_id=pass_id)
         self.existing_sha256 = existing_sha256
         self.new_sha256 = new_sha256
+
+
+class PublicKeyConflict(ObjectConflict):
+    """The public key's copy in the bucket (``keys/<key id>.pub.pem``) holds other
+    bytes than this signer's public key: someone else wrote there. Every run would
+    meet it again, so it stops the run (exit 3) instead of failing it per pass."""
+
+    systemic = True
 
 
 class EncryptionRefused(StoreError):

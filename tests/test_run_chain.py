@@ -394,3 +394,71 @@ def test_a_run_that_keeps_losing_the_race_gives_up_with_a_catalog_error(
         rt.store, Layout("archive"), [signer.verifier], VerifyScope(everything=True)
     )
     assert [f.kind for f in report.findings] == ["chain_fork"]
+
+
+# -- only run manifests signed by a trusted key are adopted ------------------------------
+
+
+def _orphan(rt: Runtime, signer: Signer, n: int) -> str:
+    """Run ``n`` dies after storing its manifest (signed by ``signer``): an orphan."""
+    restore = _killed_after_storing(rt)
+    with pytest.raises(Killed):
+        write_run_manifest(rt, signer, _summary(rt, n))
+    restore()
+    return _key(rt, n)
+
+
+def _trusting(rt: Runtime, *keys: Path) -> Runtime:
+    signing = rt.settings.signing.model_copy(update={"public_key_files": keys})
+    return Runtime(
+        rt.settings.model_copy(update={"signing": signing}), rt.catalog, rt.store, rt.clock
+    )
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_an_orphan_signed_by_a_rotated_key_is_adopted_only_if_listed(
+    rt: Runtime, tmp_path: Path, listed: bool
+) -> None:
+    """After a key rotation, the next run (new key) adopts an orphan signed by the old
+    key when signing.public_key_files lists the old public key; when it does not, the
+    orphan is passed over, logged with its reason, and the run follows the head."""
+    old, new = Signer.generate(), Signer.generate()
+    first, _ = write_run_manifest(rt, old, _summary(rt, 1))
+    _advance(rt, timedelta(minutes=1))
+    orphan = _orphan(rt, old, 2)
+    _advance(rt, timedelta(minutes=1))
+    pub = tmp_path / "old.pub.pem"
+    pub.write_bytes(old.verifier.public_pem())
+
+    with capture_logs() as logs:
+        third, _ = write_run_manifest(_trusting(rt, pub) if listed else rt, new, _summary(rt, 3))
+
+    refused = [(e["key"], e["reason"]) for e in logs if e["event"] == "run_manifest_not_adopted"]
+    if listed:
+        assert _doc(rt, third)["previous"]["key"] == orphan  # type: ignore[index]
+        assert refused == []
+    else:
+        assert _doc(rt, third)["previous"]["key"] == first  # type: ignore[index]
+        assert refused == [(orphan, "bad_signature")]
+
+
+def test_a_signed_object_that_is_no_run_manifest_is_not_adopted(rt: Runtime) -> None:
+    """An object under runs/ that names the head as previous and carries a good
+    signature, but is not a run manifest of the published schema, is passed over
+    (invalid_run_manifest)."""
+    signer = Signer.generate()
+    first, first_sha = write_run_manifest(rt, signer, _summary(rt, 1))
+    _advance(rt, timedelta(minutes=1))
+    odd = {"chain_id": "main", "previous": {"key": first, "sha256": first_sha}}
+    data = orjson.dumps(odd)
+    key = _key(rt, 2)
+    sig = signer.sign(data)
+    rt.store.put(key + ".sig", sig, sha256=sha256_hex(sig), content_type="application/octet-stream")
+    rt.store.put(key, data, sha256=sha256_hex(data), content_type="application/json")
+    _advance(rt, timedelta(minutes=1))
+    with capture_logs() as logs:
+        second, _ = write_run_manifest(rt, signer, _summary(rt, 3))
+    assert _doc(rt, second)["previous"]["key"] == first  # type: ignore[index]
+    assert [(e["key"], e["reason"]) for e in logs if e["event"] == "run_manifest_not_adopted"] == [
+        (key, "invalid_run_manifest")
+    ]
