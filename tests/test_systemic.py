@@ -102,10 +102,15 @@ def assert_systemic(
 
 
 def assert_untouched(db: Path, ids: list[str]) -> None:
-    """The passes are due again as they were: no lease held, no attempt spent."""
+    """The passes are due again as they were: no lease held, no attempt spent (a pass
+    whose first read had a null slot waits for its confirming read)."""
     rows = _query(db, "SELECT pass_id, state, attempts, lease_owner FROM passes")
     by_id = {pid: (state, attempts, owner) for pid, state, attempts, owner in rows}
-    assert {pid: by_id[pid] for pid in ids} == {pid: ("pending", 0, None) for pid in ids}
+    got = {pid: by_id[pid] for pid in ids}
+    assert {pid: (s, a, o) for pid, (s, a, o) in got.items() if s != "confirming"} == {
+        pid: ("pending", 0, None) for pid, (s, _, _) in got.items() if s != "confirming"
+    }
+    assert all((a, o) == (0, None) for s, a, o in got.values() if s == "confirming"), got
 
 
 # --- at the start: before any pass -----------------------------------------------------

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -66,8 +67,11 @@ class _RunParts:
 class _Tally:
     """What one run's feeder and workers share."""
 
-    unprocessed: set[str] = field(default_factory=set)  # claimed, no result recorded
-    busy: set[str] = field(default_factory=set)  # claimed, and neither skipped nor ended
+    # Claims, counted per pass: a pass whose confirming read is due at once can be
+    # claimed again before the worker that recorded its first read has looked at the
+    # result, and that second claim must still be given back if the run stops.
+    unprocessed: Counter[str] = field(default_factory=Counter)  # claimed, no result recorded
+    busy: Counter[str] = field(default_factory=Counter)  # claimed, neither skipped nor ended
     # a pass ended: the feeder may have room to claim
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     confirm_at: list[datetime] = field(default_factory=list)  # confirming reads scheduled
@@ -220,7 +224,7 @@ class Pipeline:
                 if entry is None:
                     return
                 if self._stop.is_set():
-                    busy.discard(entry.pass_id)
+                    _drop_one(busy, entry.pass_id)
                     finished.set()  # the feeder may be waiting for room: it stops too
                     continue
                 task = asyncio.create_task(self._one(entry, parts))
@@ -233,11 +237,11 @@ class Pipeline:
                     result = None  # abandoned after the stop grace period
                 finally:
                     self._inflight.discard(task)
-                    busy.discard(entry.pass_id)
+                    _drop_one(busy, entry.pass_id)
                     finished.set()
                 if result is not None:
                     summary.add(result)
-                    unprocessed.discard(entry.pass_id)
+                    _drop_one(unprocessed, entry.pass_id)
                     if result.next_attempt_at is not None:
                         tally.confirm_at.append(result.next_attempt_at)
                     # progress counts passes settled, not the reads that confirm them
@@ -318,7 +322,7 @@ class Pipeline:
                         break
                     continue
                 busy.update(e.pass_id for e in batch)
-                unprocessed.update(e.pass_id for e in batch)
+                unprocessed.update(e.pass_id for e in batch)  # Counter.update adds
                 for entry in batch:
                     if self._stop.is_set():
                         return
@@ -536,6 +540,13 @@ def _only(scope: Scope | None, pass_ids: set[str]) -> Scope:
         return Scope(pass_ids=ids)
     inside = ids if scope.pass_ids is None else tuple(i for i in ids if i in scope.pass_ids)
     return dataclasses.replace(scope, pass_ids=inside)
+
+
+def _drop_one(claims: Counter[str], pass_id: str) -> None:
+    """One claim of ``pass_id`` is over (in place: the feeder and workers share it)."""
+    claims[pass_id] -= 1
+    if claims[pass_id] <= 0:
+        del claims[pass_id]
 
 
 def _id_chunks(scope: Scope) -> list[Scope]:
