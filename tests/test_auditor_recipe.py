@@ -335,7 +335,7 @@ def test_the_format_document_ships_with_the_schemas():
     """FORMAT.md holds the one recipe (the README only points to it), is linked from
     config/schemas/ like the schemas, and the wheel's package data includes it."""
     assert RECIPE_MARK not in README.read_text(encoding="utf-8")
-    assert "config/schemas/FORMAT.md#auditors-recipe-no-project-code" in README.read_text(
+    assert "(archiver/schemas/FORMAT.md#auditors-recipe-no-project-code)" in README.read_text(
         encoding="utf-8"
     )
     shipped = ROOT / "archiver" / "schemas"
