@@ -11,6 +11,11 @@
 A crash anywhere before step 3 leaves no manifest: the pass is not archived, and a
 rerun finds its objects (same bytes: reused; adoptable: adopted). When another
 worker commits the pass first, its manifest stands and is reported.
+
+A manifest found at the pass's key is its commit only when a trusted key signed it
+and it names the pass (:func:`~archiver.core.signing.trusted_pass_manifest`):
+anything else is an :class:`~archiver.errors.UntrustedManifest`, and the pass fails
+without being read or overwritten.
 """
 
 from __future__ import annotations
@@ -36,12 +41,11 @@ from archiver.core.format import (
     Layout,
     ObjectEntry,
     PassFacts,
-    PassManifest,
     signature_key,
 )
 from archiver.core.images import sha256_hex
-from archiver.core.signing import Signer
-from archiver.errors import ArchiverError, ObjectConflict, ObjectNotFound
+from archiver.core.signing import Signer, Verifier, trusted_pass_manifest
+from archiver.errors import ArchiverError, ObjectConflict, ObjectNotFound, UntrustedManifest
 from archiver.pipeline.confirm import SlotSeen
 from archiver.pipeline.options import PipelineOptions
 from archiver.pipeline.plan import ObjectSpec, image_key
@@ -67,20 +71,44 @@ class Committer:
     clock: Clock
     offload: Offload
     age_recipients: Sequence[Any] = ()
+    #: the keys whose manifests count as commits; empty: this signer's alone
+    trusted: Sequence[Verifier] = ()
     _put_slots: asyncio.Semaphore = field(init=False)
+    _trusted: list[Verifier] = field(init=False)
 
     def __post_init__(self) -> None:
         self._put_slots = asyncio.Semaphore(self.opt.max_puts)
+        self._trusted = list(self.trusted) or [self.signer.verifier]
 
     async def existing(self, pass_id: str) -> PassResult | None:
-        """The pass's outcome if its manifest is stored already, else None."""
+        """The pass's outcome if its manifest is stored already, else None.
+
+        A stored manifest is the pass's commit only when it is signed by a trusted
+        key, parses and names this pass (:func:`trusted_pass_manifest`); otherwise
+        :class:`UntrustedManifest` is raised and the pass fails for a person to
+        decide: the API is not read and nothing is overwritten."""
         key = self.layout.manifest(pass_id)
         info = await self.offload(self.store.head, key)
         if info is None:
             return None
         data: bytes = await self.offload(self.store.get, key)
-        manifest = PassManifest.parse(data)
+        signature = await self._signature(signature_key(key))
+        try:
+            manifest = trusted_pass_manifest(
+                data, signature, key=key, pass_id=pass_id, trusted=self._trusted
+            )
+        except UntrustedManifest as exc:
+            log.error("manifest_untrusted", key=key, problem=exc.problem)
+            raise
         return PassResult.archived_by(manifest, key, data, reason="manifest already present")
+
+    async def _signature(self, key: str) -> bytes | None:
+        """The detached signature stored at ``key``, or None when there is none."""
+        try:
+            signature: bytes = await self.offload(self.store.get, key)
+        except ObjectNotFound:
+            return None
+        return signature
 
     async def commit(
         self,
