@@ -268,6 +268,7 @@ class Committer:
         mkey = self.layout.manifest(pass_id)
         signature = self.signer.sign(data)
         sig_key, sig_sha = signature_key(mkey), sha256_hex(signature)
+        replaced: bytes | None = None
         try:
             await self._put(pass_id, sig_key, signature, sig_sha, OCTET_TYPE)
         except ObjectConflict:
@@ -277,18 +278,36 @@ class Committer:
                 return existing
             # A signature left by an attempt that never committed its manifest: the
             # manifest is not written yet, so a new signature version replaces it.
+            replaced = await self._signature(sig_key)
             await self._put(pass_id, sig_key, signature, sig_sha, OCTET_TYPE, overwrite=True)
         try:
             await self._put(pass_id, mkey, data, digest, JSON_TYPE)
         except ObjectConflict:
             # Another worker committed this pass meanwhile (its lease outlived ours):
             # its manifest stands; ours, with other timestamps, is not written.
-            existing = await self.existing(pass_id)
+            existing = await self._committed_meanwhile(pass_id, replaced)
             if existing is None:
                 raise
             log.warning("manifest_committed_by_another_worker", key=mkey)
             return existing
         return None
+
+    async def _committed_meanwhile(self, pass_id: str, replaced: bytes | None) -> PassResult | None:
+        """The outcome of the manifest another worker committed while we published.
+
+        That worker put its signature before its manifest; when it did so before ours
+        (``replaced``: the signature our put replaced), the signature now stored is
+        ours, not of its manifest. If ``replaced`` is a trusted key's signature of the
+        stored manifest, it is put back, and the manifest counts; else the stored
+        manifest is judged as it is (:meth:`existing`)."""
+        if replaced is not None:
+            mkey = self.layout.manifest(pass_id)
+            data: bytes = await self.offload(self.store.get, mkey)
+            if any(v.verify(data, replaced) for v in self._trusted):
+                sig_key, sig_sha = signature_key(mkey), sha256_hex(replaced)
+                await self._put(pass_id, sig_key, replaced, sig_sha, OCTET_TYPE, overwrite=True)
+                log.warning("signature_restored", key=sig_key)
+        return await self.existing(pass_id)
 
     # -- one put --------------------------------------------------------------------
 
