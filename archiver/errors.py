@@ -322,7 +322,7 @@ class FormatError(ArchiverError):
 
 class UntrustedManifest(ArchiverError):
     """A pass's stored ``manifest.json`` that is not taken as its commit marker. Its
-    ``problem`` is one of :data:`UNTRUSTED_PROBLEMS`: no detached signature beside it
+    ``problem`` is one of four tokens: no detached signature beside it
     (``unsigned``), one no trusted key made (``bad_signature``), signed bytes this
     build cannot read as a manifest (``invalid_manifest``), or a signed manifest of
     another pass (``wrong_pass_id``: copied under this pass's directory).
@@ -336,10 +336,6 @@ class UntrustedManifest(ArchiverError):
         super().__init__(f"{problem}: {key} {detail}", pass_id=pass_id)
         self.problem = problem
         self.key = key
-
-
-#: The problems an :class:`UntrustedManifest` names.
-UNTRUSTED_PROBLEMS = ("unsigned", "bad_signature", "invalid_manifest", "wrong_pass_id")
 
 
 class SigningKeyError(ArchiverError):
