@@ -337,6 +337,7 @@ async def _cycle(
                 clock=rt.clock,
                 executor=executor,
                 signer=signer,
+                trusted=trusted_verifiers(s, signer),
                 age_recipients=age_recipients(s),
                 key_lookup=key_lookup,
                 on_result=on_result,

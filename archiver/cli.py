@@ -777,12 +777,12 @@ def _upsert_report(
 
 def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
     from archiver.core.format import Layout
-    from archiver.core.signing import Signer
     from archiver.rebuild import rebuild
 
     with CommandContext(args) as ctx:
-        key = ctx.settings.signing.key
-        trusted = [] if key is None else [Signer.from_pem(key.get_secret_value().encode()).verifier]
+        signing = ctx.settings.signing
+        # only configured keys: never the bucket's copy under keys/
+        trusted = _trusted_keys(ctx.settings, []) if signing.key or signing.public_key_files else []
         catalog = ctx.catalog
         report = rebuild(
             ctx.store,

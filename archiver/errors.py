@@ -36,6 +36,8 @@ status, a slot name) enters one only through :func:`safe_token`.
     ├── CatalogError                  no        yes   the catalog database
     ├── FormatError                   no        no    stored bytes that are not a manifest
     │                                                 of a version this build reads
+    ├── UntrustedManifest             no        no    a pass's stored manifest not taken as
+    │                                                 its commit (unsigned, bad signature...)
     ├── SigningKeyError               no        no    a key unusable for Ed25519
     ├── SourceError                   yes**     no    a pass source (KYC database, export)
     ├── ExportError (export.py)       no        no    a pass that cannot be exported intact
@@ -316,6 +318,24 @@ class FormatError(ArchiverError):
     """Stored bytes that are not a manifest of a version this build understands:
     invalid JSON, an unknown version, or a document off its schema. Not retryable:
     reading the same bytes again gives the same answer."""
+
+
+class UntrustedManifest(ArchiverError):
+    """A pass's stored ``manifest.json`` that is not taken as its commit marker. Its
+    ``problem`` is one of four tokens: no detached signature beside it
+    (``unsigned``), one no trusted key made (``bad_signature``), signed bytes this
+    build cannot read as a manifest (``invalid_manifest``), or a signed manifest of
+    another pass (``wrong_pass_id``: copied under this pass's directory).
+
+    Anyone who can write to the bucket can put an object there, so the pass is not
+    archived on its word. Not retryable, and nothing is read or overwritten (Object
+    Lock may hold the object anyway): a person compares it with the API and decides.
+    The message names the problem and the key, never the object's content."""
+
+    def __init__(self, problem: str, detail: str, *, key: str, pass_id: str | None = None):
+        super().__init__(f"{problem}: {key} {detail}", pass_id=pass_id)
+        self.problem = problem
+        self.key = key
 
 
 class SigningKeyError(ArchiverError):

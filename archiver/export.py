@@ -1,6 +1,7 @@
 """``idpass-archiver export``: hand an auditor one pass's images and record.
 
-Reads the pass's manifest (its signature must verify), fetches every listed object at
+Reads the pass's manifest (its signature must verify under a trusted key, and it must
+name the pass: else an ``untrusted_manifest`` ExportError), fetches every listed object at
 its recorded version, checks its SHA-256, decrypts age-encrypted objects with the
 given identity file and checks the plaintext SHA-256, and writes the files under
 ``DIR/<pass_id>/`` (``images/<slot>.jpg``, ``record.json``, ``SHA256SUMS`` of the
@@ -22,8 +23,8 @@ from archiver.core.format import (
     PassManifest,
     signature_key,
 )
-from archiver.core.signing import Verifier
-from archiver.errors import ArchiverError, FormatError, StoreError
+from archiver.core.signing import Verifier, trusted_pass_manifest
+from archiver.errors import ArchiverError, ObjectNotFound, StoreError, UntrustedManifest
 from archiver.store import ObjectStore
 
 
@@ -84,23 +85,30 @@ def export_pass(
 def _signed_manifest(
     store: ObjectStore, layout: Layout, pass_id: str, trusted: list[Verifier]
 ) -> PassManifest:
-    """The pass's manifest, once its signature verifies under a trusted key and this
-    build can read its format."""
+    """The pass's manifest, once it is the pass's commit: its signature verifies under
+    a trusted key, this build can read its format, and it names this pass (a signed
+    manifest of another pass copied here would export that pass's objects)."""
     mkey = layout.manifest(pass_id)
     try:
         data = store.get(mkey)
-        sig = store.get(signature_key(mkey))
+        sig = _signature(store, signature_key(mkey))
     except StoreError as exc:
         raise ExportError(f"pass {pass_id}: {exc.message}") from None
-    if not any(v.verify(data, sig) for v in trusted):
-        raise ExportError(f"pass {pass_id}: the manifest signature does not verify")
     try:
-        return PassManifest.parse(data)
-    except FormatError as exc:
-        raise ExportError(
-            f"pass {pass_id}: the manifest is signed but cannot be read by this build "
-            f"({exc.message}); use an idpass-archiver release that reads it"
-        ) from None
+        return trusted_pass_manifest(data, sig, key=mkey, pass_id=pass_id, trusted=trusted)
+    except UntrustedManifest as exc:
+        advice = "; nothing is exported"
+        if exc.problem == "invalid_manifest":
+            advice = "; use an idpass-archiver release that reads it"
+        raise ExportError(f"pass {pass_id}: {exc.reason}: {exc.message}{advice}") from None
+
+
+def _signature(store: ObjectStore, key: str) -> bytes | None:
+    """The detached signature at ``key``, or None when there is none."""
+    try:
+        return store.get(key)
+    except ObjectNotFound:
+        return None
 
 
 def _fetch(store: ObjectStore, entry: ObjectEntry) -> bytes:

@@ -1,10 +1,15 @@
 """``idpass-archiver catalog rebuild``: reconstruct the catalog from the S3 manifests.
 
-S3 is the source of truth: a pass is archived exactly when its manifest exists. This
-lists every ``passes/*/manifest.json``, checks its format (and its signature when a
-key is given), and records the pass as ``archived`` with its manifest key and hash,
-completion time, retention, deadline and image totals. Passes the catalog knows but
-S3 has no manifest for are left as they are (they still have work left).
+S3 is the source of truth: a pass is archived exactly when its manifest exists and
+is its commit. This lists every ``passes/*/manifest.json`` and records the pass as
+``archived`` (with its manifest key and hash, completion time, retention, deadline
+and image totals) only when the manifest's detached signature verifies under a
+trusted key, it parses and it names the pass of its directory
+(:func:`~archiver.core.signing.trusted_pass_manifest`); any other is rejected with
+its ``untrusted_manifest`` reason and changes nothing. The trusted keys are the
+configured ones only (``signing.key_file``'s public half, ``signing.public_key_files``):
+never the copy under ``keys/``, which anyone who can write to the bucket can replace.
+Passes the catalog knows but S3 has no manifest for are left as they are.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from datetime import datetime
 from archiver.catalog import PassUpsert
 from archiver.catalog.sql import SqlCatalog
 from archiver.core.format import Layout, PassManifest, signature_key
-from archiver.core.signing import Verifier
-from archiver.errors import FormatError, StoreError
+from archiver.core.signing import Verifier, trusted_pass_manifest
+from archiver.errors import ConfigError, ObjectNotFound, StoreError, UntrustedManifest
 from archiver.results import Learned, PassResult
 from archiver.store import ObjectStore
 
@@ -42,34 +47,45 @@ def rebuild(
     catalog: SqlCatalog,
     now: datetime,
     *,
-    trusted: Iterable[Verifier] = (),
+    trusted: Iterable[Verifier],
 ) -> RebuildReport:
-    report = RebuildReport()
+    """Record every pass whose stored manifest is its commit. Raises ConfigError
+    when no key is trusted: then no manifest could be told from a planted one."""
     verifiers = list(trusted)
+    if not verifiers:
+        raise ConfigError(
+            "catalog rebuild records only manifests signed by a configured key: set "
+            "signing.key_file or signing.public_key_files",
+            key="signing.public_key_files",
+        )
+    report = RebuildReport()
     for info in store.list(layout.passes_root()):
-        if layout.manifest_pass_id(info.key) is None:
+        pass_id = layout.manifest_pass_id(info.key)
+        if pass_id is None:
             continue
         report.manifests += 1
         try:
-            data, manifest = _read(store, info.key, verifiers)
-        except (StoreError, FormatError) as exc:
-            report.rejected.append((info.key, exc.message))
+            data, manifest = _read(store, info.key, pass_id, verifiers)
+        except UntrustedManifest as exc:
+            report.rejected.append((info.key, f"{exc.reason}: {exc.message}"))
             continue
-        if layout.manifest(manifest.pass_id) != info.key:
-            report.rejected.append((info.key, "manifest names another pass"))
+        except StoreError as exc:
+            report.rejected.append((info.key, exc.message))
             continue
         _record(catalog, manifest, info.key, data, now)
         report.recorded += 1
     return report
 
 
-def _read(store: ObjectStore, key: str, verifiers: list[Verifier]) -> tuple[bytes, PassManifest]:
+def _read(
+    store: ObjectStore, key: str, pass_id: str, verifiers: list[Verifier]
+) -> tuple[bytes, PassManifest]:
     data = store.get(key)
-    manifest = PassManifest.parse(data)
-    if verifiers:
-        sig = store.get(signature_key(key))
-        if not any(v.verify(data, sig) for v in verifiers):
-            raise FormatError("signature does not verify")
+    try:
+        signature: bytes | None = store.get(signature_key(key))
+    except ObjectNotFound:
+        signature = None
+    manifest = trusted_pass_manifest(data, signature, key=key, pass_id=pass_id, trusted=verifiers)
     return data, manifest
 
 

@@ -9,11 +9,16 @@ so an auditor can check it with the public key alone and no project code::
 The key id is the first 16 hex digits of the SHA-256 of the raw 32-byte public key.
 The private key is a PKCS#8 PEM file (``openssl genpkey -algorithm ed25519``); the
 public key is published as a SubjectPublicKeyInfo PEM.
+
+A pass's stored manifest is its commit marker only when :func:`trusted_pass_manifest`
+accepts it: the run, ``catalog rebuild`` and ``export`` all ask it, so an object
+planted in the bucket never counts as a pass archived.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -23,9 +28,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from archiver.errors import SigningKeyError
+from archiver.core.format import PassManifest
+from archiver.errors import FormatError, SigningKeyError, UntrustedManifest
 
-__all__ = ["SIGNATURE_BYTES", "Signer", "SigningKeyError", "Verifier", "key_id"]
+__all__ = [
+    "SIGNATURE_BYTES",
+    "Signer",
+    "SigningKeyError",
+    "Verifier",
+    "key_id",
+    "trusted_pass_manifest",
+]
 
 SIGNATURE_BYTES = 64
 
@@ -106,3 +119,40 @@ class Signer:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+
+
+def trusted_pass_manifest(
+    data: bytes,
+    signature: bytes | None,
+    *,
+    key: str,
+    pass_id: str,
+    trusted: Sequence[Verifier],
+) -> PassManifest:
+    """The manifest ``data`` stored at ``key`` for ``pass_id``, once it is the pass's
+    commit: its detached ``signature`` (None: there is none) verifies under one of
+    the ``trusted`` keys, it parses, and it names ``pass_id``. Otherwise raises
+    :class:`UntrustedManifest`: the signature is checked before anything is read
+    from the bytes, so an unsigned object's content never reaches a message."""
+    if signature is None:
+        raise UntrustedManifest(
+            "unsigned", "has no detached signature (manifest.json.sig)", key=key, pass_id=pass_id
+        )
+    if not any(v.verify(data, signature) for v in trusted):
+        raise UntrustedManifest(
+            "bad_signature", "is not signed by a trusted key", key=key, pass_id=pass_id
+        )
+    try:
+        manifest = PassManifest.parse(data)
+    except FormatError as exc:
+        raise UntrustedManifest(
+            "invalid_manifest",
+            f"is signed but cannot be read by this build ({exc.message})",
+            key=key,
+            pass_id=pass_id,
+        ) from None
+    if manifest.pass_id != pass_id:
+        raise UntrustedManifest(
+            "wrong_pass_id", "is signed but names another pass", key=key, pass_id=pass_id
+        )
+    return manifest

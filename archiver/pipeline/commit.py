@@ -11,6 +11,11 @@
 A crash anywhere before step 3 leaves no manifest: the pass is not archived, and a
 rerun finds its objects (same bytes: reused; adoptable: adopted). When another
 worker commits the pass first, its manifest stands and is reported.
+
+A manifest found at the pass's key is its commit only when a trusted key signed it
+and it names the pass (:func:`~archiver.core.signing.trusted_pass_manifest`):
+anything else is an :class:`~archiver.errors.UntrustedManifest`, and the pass fails
+without being read or overwritten.
 """
 
 from __future__ import annotations
@@ -36,12 +41,11 @@ from archiver.core.format import (
     Layout,
     ObjectEntry,
     PassFacts,
-    PassManifest,
     signature_key,
 )
 from archiver.core.images import sha256_hex
-from archiver.core.signing import Signer
-from archiver.errors import ArchiverError, ObjectConflict, ObjectNotFound
+from archiver.core.signing import Signer, Verifier, trusted_pass_manifest
+from archiver.errors import ArchiverError, ObjectConflict, ObjectNotFound, UntrustedManifest
 from archiver.pipeline.confirm import SlotSeen
 from archiver.pipeline.options import PipelineOptions
 from archiver.pipeline.plan import ObjectSpec, image_key
@@ -67,20 +71,44 @@ class Committer:
     clock: Clock
     offload: Offload
     age_recipients: Sequence[Any] = ()
+    #: the keys whose manifests count as commits; empty: this signer's alone
+    trusted: Sequence[Verifier] = ()
     _put_slots: asyncio.Semaphore = field(init=False)
+    _trusted: list[Verifier] = field(init=False)
 
     def __post_init__(self) -> None:
         self._put_slots = asyncio.Semaphore(self.opt.max_puts)
+        self._trusted = list(self.trusted) or [self.signer.verifier]
 
     async def existing(self, pass_id: str) -> PassResult | None:
-        """The pass's outcome if its manifest is stored already, else None."""
+        """The pass's outcome if its manifest is stored already, else None.
+
+        A stored manifest is the pass's commit only when it is signed by a trusted
+        key, parses and names this pass (:func:`trusted_pass_manifest`); otherwise
+        :class:`UntrustedManifest` is raised and the pass fails for a person to
+        decide: the API is not read and nothing is overwritten."""
         key = self.layout.manifest(pass_id)
         info = await self.offload(self.store.head, key)
         if info is None:
             return None
         data: bytes = await self.offload(self.store.get, key)
-        manifest = PassManifest.parse(data)
+        signature = await self._signature(signature_key(key))
+        try:
+            manifest = trusted_pass_manifest(
+                data, signature, key=key, pass_id=pass_id, trusted=self._trusted
+            )
+        except UntrustedManifest as exc:
+            log.error("manifest_untrusted", key=key, problem=exc.problem)
+            raise
         return PassResult.archived_by(manifest, key, data, reason="manifest already present")
+
+    async def _signature(self, key: str) -> bytes | None:
+        """The detached signature stored at ``key``, or None when there is none."""
+        try:
+            signature: bytes = await self.offload(self.store.get, key)
+        except ObjectNotFound:
+            return None
+        return signature
 
     async def commit(
         self,
@@ -240,6 +268,7 @@ class Committer:
         mkey = self.layout.manifest(pass_id)
         signature = self.signer.sign(data)
         sig_key, sig_sha = signature_key(mkey), sha256_hex(signature)
+        replaced: bytes | None = None
         try:
             await self._put(pass_id, sig_key, signature, sig_sha, OCTET_TYPE)
         except ObjectConflict:
@@ -249,18 +278,36 @@ class Committer:
                 return existing
             # A signature left by an attempt that never committed its manifest: the
             # manifest is not written yet, so a new signature version replaces it.
+            replaced = await self._signature(sig_key)
             await self._put(pass_id, sig_key, signature, sig_sha, OCTET_TYPE, overwrite=True)
         try:
             await self._put(pass_id, mkey, data, digest, JSON_TYPE)
         except ObjectConflict:
             # Another worker committed this pass meanwhile (its lease outlived ours):
             # its manifest stands; ours, with other timestamps, is not written.
-            existing = await self.existing(pass_id)
+            existing = await self._committed_meanwhile(pass_id, replaced)
             if existing is None:
                 raise
             log.warning("manifest_committed_by_another_worker", key=mkey)
             return existing
         return None
+
+    async def _committed_meanwhile(self, pass_id: str, replaced: bytes | None) -> PassResult | None:
+        """The outcome of the manifest another worker committed while we published.
+
+        That worker put its signature before its manifest; when it did so before ours
+        (``replaced``: the signature our put replaced), the signature now stored is
+        ours, not of its manifest. If ``replaced`` is a trusted key's signature of the
+        stored manifest, it is put back, and the manifest counts; else the stored
+        manifest is judged as it is (:meth:`existing`)."""
+        if replaced is not None:
+            mkey = self.layout.manifest(pass_id)
+            data: bytes = await self.offload(self.store.get, mkey)
+            if any(v.verify(data, replaced) for v in self._trusted):
+                sig_key, sig_sha = signature_key(mkey), sha256_hex(replaced)
+                await self._put(pass_id, sig_key, replaced, sig_sha, OCTET_TYPE, overwrite=True)
+                log.warning("signature_restored", key=sig_key)
+        return await self.existing(pass_id)
 
     # -- one put --------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 For each due pass, most urgent first, with bounded concurrency:
 
-1. if its manifest already exists, record it as archived (no image fetch);
+1. if its manifest already exists, record it as archived (no image fetch), when a
+   trusted key signed it and it names the pass; else the pass fails
+   (``untrusted_manifest``) for a person to decide;
 2. read ``/idpass/details`` with images and check them (:mod:`.read`);
 3. plan the objects (:mod:`.plan`) and commit them, manifest last (:mod:`.commit`);
 4. record the outcome, with what the read learned, in the catalog.
@@ -33,7 +35,7 @@ from archiver.catalog import Catalog, CatalogEntry, Outcome, Scope
 from archiver.clock import Clock, isoformat
 from archiver.core.format import Layout
 from archiver.core.manifest import SlotReport
-from archiver.core.signing import Signer
+from archiver.core.signing import Signer, Verifier
 from archiver.errors import ArchiverError
 from archiver.idpass.models import SLOTS
 from archiver.idpass.transport import BodySlot
@@ -89,12 +91,14 @@ class Pipeline:
         clock: Clock,
         executor: ThreadPoolExecutor,
         signer: Signer,
+        trusted: Sequence[Verifier] = (),
         age_recipients: Sequence[Any] = (),
         key_lookup: Callable[[str, str], str | None] | None = None,
         on_result: Callable[[PassResult], None] | None = None,
     ) -> None:
-        """``age_recipients``: images and records are encrypted to them before upload.
-        ``key_lookup``: (key_ref, pass_id) -> cipher key, for keys kept in their
+        """``trusted``: the keys whose stored manifests count as commits (default: the
+        signer's). ``age_recipients``: images and records are encrypted to them before
+        upload. ``key_lookup``: (key_ref, pass_id) -> cipher key, for keys kept in their
         source (blocking). ``on_result``: called after each pass (progress); cheap."""
         self.catalog, self.layout, self.opt, self.clock = catalog, layout, options, clock
         self.executor = executor
@@ -104,7 +108,13 @@ class Pipeline:
             api=api, opt=options, clock=clock, offload=self._io, key_lookup=key_lookup
         )
         self.committer = Committer(
-            store=store, layout=layout, signer=signer, opt=options, clock=clock, offload=self._io
+            store=store,
+            layout=layout,
+            signer=signer,
+            opt=options,
+            clock=clock,
+            offload=self._io,
+            trusted=trusted,
         )
         self.committer.age_recipients = list(age_recipients)
         self._stop = asyncio.Event()

@@ -33,7 +33,7 @@ from archiver.core.format import (
 )
 from archiver.core.images import CheckedImage, check_image, sealed_payload
 from archiver.core.manifest import SlotReport
-from archiver.errors import ObjectConflict, StoreUnavailable
+from archiver.errors import ObjectConflict, StoreUnavailable, UntrustedManifest
 from archiver.pipeline.commit import Committer
 from archiver.pipeline.options import PipelineOptions
 from archiver.pipeline.plan import ObjectSpec, plan_objects
@@ -240,15 +240,41 @@ def test_another_worker_that_committed_first_stands():
 
 
 def test_a_worker_committing_between_our_signature_and_manifest_wins():
-    """Another worker's manifest lands after our signature was put: ours is not
+    """Another worker's signature and manifest land after our signature was put (its
+    signature as a new version, as :meth:`Committer._publish` writes it): ours is not
     written, theirs is reported."""
     theirs_store, clock = MemoryStore(), ManualClock(T0)
     specs = plan_objects(LAYOUT, PID, _images(), _record(), age=False)
     theirs = _commit(_committer(theirs_store, clock), specs)
-    their_bytes = theirs_store.get(LAYOUT.manifest(PID))
+    mkey = LAYOUT.manifest(PID)
+    their_bytes, their_sig = theirs_store.get(mkey), theirs_store.get(signature_key(mkey))
 
     store = MemoryStore()
-    mkey = LAYOUT.manifest(PID)
+
+    def race(op: str, key: str) -> None:
+        if op == "put" and key == mkey and store.head(mkey) is None:
+            store.backdoor_put(signature_key(mkey), their_sig, content_type=OCTET_TYPE)
+            store.backdoor_put(mkey, their_bytes, content_type="application/json")
+
+    store.fault = race
+    clock.advance(timedelta(minutes=5))
+    ours = _commit(_committer(store, clock), specs)
+    assert ours.already_archived and ours.manifest_sha256 == theirs.manifest_sha256
+    assert store.get(mkey) == their_bytes and store.versions_per_key()[mkey] == 1
+
+
+def test_a_worker_whose_signature_we_replaced_wins_and_gets_its_signature_back():
+    """Another worker put its signature first, then we replaced it (no manifest was
+    there yet), then its manifest landed: the signature stored was ours, not of its
+    manifest. Its signature is put back and its manifest reported as the commit."""
+    theirs_store, clock = MemoryStore(), ManualClock(T0)
+    specs = plan_objects(LAYOUT, PID, _images(), _record(), age=False)
+    theirs = _commit(_committer(theirs_store, clock), specs)
+    mkey, skey = LAYOUT.manifest(PID), signature_key(LAYOUT.manifest(PID))
+    their_bytes, their_sig = theirs_store.get(mkey), theirs_store.get(skey)
+
+    store = MemoryStore()
+    store.backdoor_put(skey, their_sig, content_type=OCTET_TYPE)
 
     def race(op: str, key: str) -> None:
         if op == "put" and key == mkey and store.head(mkey) is None:
@@ -258,7 +284,8 @@ def test_a_worker_committing_between_our_signature_and_manifest_wins():
     clock.advance(timedelta(minutes=5))
     ours = _commit(_committer(store, clock), specs)
     assert ours.already_archived and ours.manifest_sha256 == theirs.manifest_sha256
-    assert store.get(mkey) == their_bytes and store.versions_per_key()[mkey] == 1
+    assert store.get(mkey) == their_bytes and store.get(skey) == their_sig
+    assert TEST_SIGNER.verifier.verify(store.get(mkey), store.get(skey))
 
 
 def test_age_mode_encrypts_every_object_and_a_rerun_adopts_the_ciphertexts():
@@ -324,3 +351,24 @@ def test_a_failed_put_leaves_no_sibling_put_unobserved():
     with pytest.raises(StoreUnavailable, match="document_front"):
         _commit(_committer(store, clock), specs)
     assert set(seen) == {s.key for s in specs} | {LAYOUT.sums(PID)}
+
+
+def test_a_manifest_planted_between_our_signature_and_manifest_fails_the_pass():
+    """An object put at the manifest's key while we publish (anyone who can write to
+    the bucket can) is not taken as another worker's commit: no trusted key signed
+    it, so the commit raises UntrustedManifest and nothing is overwritten."""
+    clock = ManualClock(T0)
+    specs = plan_objects(LAYOUT, PID, _images(), _record(), age=False)
+    store = MemoryStore()
+    mkey = LAYOUT.manifest(PID)
+    planted = b'{"pass_id": "planted"}'
+
+    def race(op: str, key: str) -> None:
+        if op == "put" and key == mkey and store.head(mkey) is None:
+            store.backdoor_put(mkey, planted, content_type="application/json")
+
+    store.fault = race
+    with pytest.raises(UntrustedManifest) as caught:
+        _commit(_committer(store, clock), specs)
+    assert caught.value.problem == "bad_signature" and caught.value.reason == "untrusted_manifest"
+    assert store.get(mkey) == planted and store.versions_per_key()[mkey] == 1
