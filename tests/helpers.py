@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 from html.parser import HTMLParser
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 from PIL import Image
 
-from archiver.core.format import PassManifest
+from archiver.core.format import PassManifest, RunManifest
 
 
 def make_jpeg(width: int = 64, height: int = 48, seed: int = 0, quality: int = 85) -> bytes:
@@ -70,3 +71,46 @@ def manifest_doc(data: bytes) -> dict[str, Any]:
     PassManifest.parse(data)
     doc: dict[str, Any] = orjson.loads(data)
     return doc
+
+
+def signed_listing(client: Any, bucket: str, prefix: str, verifier: Any) -> dict[str, set[str]]:
+    """What the bucket's signed run manifests list, as the auditor recipe's step 6
+    reads it: every ``{prefix}/runs/**.json`` must carry a valid detached signature
+    by ``verifier`` and parse as a run manifest; returns manifest key -> the manifest
+    SHA-256es listed for it, and, under ``"recovered"``, the pass ids listed as
+    recovered."""
+
+    pages = client.get_paginator("list_objects_v2")
+    keys = [
+        o["Key"]
+        for page in pages.paginate(Bucket=bucket, Prefix=f"{prefix}/runs/")
+        for o in page.get("Contents", [])
+        if o["Key"].endswith(".json")
+    ]
+    listed: dict[str, set[str]] = {"recovered": set()}
+    for key in keys:
+        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        sig = client.get_object(Bucket=bucket, Key=key + ".sig")["Body"].read()
+        assert verifier.verify(data, sig), f"run manifest {key} is not signed by the key"
+        run = RunManifest.parse(data)
+        for p in run.passes:
+            listed.setdefault(p.manifest_key, set()).add(p.manifest_sha256)
+            if p.recovered:
+                listed["recovered"].add(p.pass_id)
+    return listed
+
+
+def unlisted_manifests(client: Any, bucket: str, prefix: str, verifier: Any) -> list[str]:
+    """The pass manifests in the bucket (by key and SHA-256) that no signed run
+    manifest lists: empty when every committed pass is in the audit trail."""
+    listed = signed_listing(client, bucket, prefix, verifier)
+    pages = client.get_paginator("list_objects_v2")
+    missing = []
+    for page in pages.paginate(Bucket=bucket, Prefix=f"{prefix}/passes/"):
+        for o in page.get("Contents", []):
+            if not o["Key"].endswith("/manifest.json"):
+                continue
+            data = client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            if hashlib.sha256(data).hexdigest() not in listed.get(o["Key"], set()):
+                missing.append(o["Key"])
+    return missing

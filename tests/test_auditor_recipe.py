@@ -26,7 +26,7 @@ from tests.fixtures.cli import TEST_SIGNER, archive_with_cli
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 PASS_SCHEMA = ROOT / "config" / "schemas" / "pass-manifest.v2.schema.json"
-RUN_SCHEMA = ROOT / "config" / "schemas" / "run-manifest.v1.schema.json"
+RUN_SCHEMA = ROOT / "config" / "schemas" / "run-manifest.v2.schema.json"
 VERIFIED = "Signature Verified Successfully"
 RECIPE_MARK = "<!-- tests/test_auditor_recipe.py runs the next block as written"
 # README step 4, in the pass directory: SHA256SUMS's own hash is in the signed manifest.

@@ -32,6 +32,7 @@ import pytest
 
 from tests.fixtures.cli import TEST_SIGNER, cli_env, run_cli
 from tests.fixtures.s3proxy import S3FaultProxy
+from tests.helpers import signed_listing, unlisted_manifests
 
 DETAILS = "/idpass/details"
 PREFIX = "cli"  # the prefix cli_config writes under
@@ -396,6 +397,64 @@ def test_crash_consistency(
         }
 
     assert view(rebuilt) == view(db)
+
+
+LISTING_PASSES = 150
+
+
+def test_passes_committed_by_killed_runs_are_listed_by_a_later_run_manifest(
+    cli_config, sandbox_http, api_faults, s3_proxy, seaweedfs, s3_bucket, tmp_path, pii_watch
+):
+    """20 runs over 150 passes, each SIGKILLed mid-run (seeded, 0.2-3 s in), so each
+    commits passes and dies before storing its run manifest; then a clean run. At the
+    end every pass manifest in the bucket, by key and SHA-256, is listed by a signed
+    run manifest (the auditor recipe's step 6): those the killed runs committed as
+    ``recovered``. ``verify --all`` is clean."""
+    cfg, env = cli_config
+    db = cfg.parent / "catalog.db"
+    ledger = tmp_path / "ledger.jsonl"
+    ids = _passes(sandbox_http, LISTING_PASSES, ["id_photo_cropped"], ledger)
+    _import(cfg, env, ledger)
+    run_env = _run_env(env, s3_proxy, pipeline__concurrency=4)
+    finished = 0
+    for i in range(KILLS):
+        seed = 8000 + i
+        api_faults(rates={"latency": 1.0}, latency_seconds=[0.1, 0.5], seed=seed)
+        proc = _popen(["run", "--config", str(cfg), "--json"], run_env)
+        try:
+            proc.wait(timeout=random.Random(seed).uniform(0.2, 3.0))
+            finished += 1
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        out, err = proc.communicate(timeout=30)
+        pii_watch.output(f"listing run {i} stdout", out)
+        pii_watch.output(f"listing run {i} stderr", err)
+        assert "Traceback" not in err, err[-3000:]
+    by_killed = {pid for pid, r in _rows(db).items() if r["state"] == "archived"}
+    print(f"listing: {len(by_killed)} pass(es) committed by killed runs; {finished} finished")
+    assert finished == 0, "a run finished inside the kill loop: raise the latency"
+    assert len(by_killed) >= 20, "the kills left too few committed passes to prove anything"
+    client = seaweedfs.client()
+    assert unlisted_manifests(client, s3_bucket, PREFIX, TEST_SIGNER.verifier), (
+        "the killed runs left every pass listed: the kills proved nothing"
+    )
+
+    api_faults(rates={"latency": 0.0})
+    proc = run_cli(["run", "--config", str(cfg), "--json"], env=run_env, watch=pii_watch)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _archived(db) == LISTING_PASSES
+    assert sorted(Bucket(seaweedfs, s3_bucket).manifests()) == sorted(ids)
+
+    assert unlisted_manifests(client, s3_bucket, PREFIX, TEST_SIGNER.verifier) == []
+    recovered = signed_listing(client, s3_bucket, PREFIX, TEST_SIGNER.verifier)["recovered"]
+    assert recovered == by_killed
+    # the catalog knows they are listed now: the next run recovers nothing
+    assert _count(db, "SELECT count(*) FROM passes WHERE listed_run_id IS NULL") == 0
+    proc = run_cli(["run", "--config", str(cfg), "--json"], env=run_env, watch=pii_watch)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not [e for e in _events(proc.stderr) if e["event"] == "unlisted_passes_recovered"]
+    code, doc = _verify(cfg, env, tmp_path, "--all")
+    assert (code, doc["findings"]) == (0, []), doc["finding_counts"]
 
 
 # --- overlapping runs ------------------------------------------------------------------

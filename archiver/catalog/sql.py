@@ -716,7 +716,12 @@ class SqlCatalog:
         if update.link_expires_at is not None:
             values["link_expires_at"] = update.link_expires_at
         if update.outcome is Outcome.ARCHIVED:
-            values["listed_run_id"] = None  # a new commit: no run manifest lists it yet
+            # another manifest than the one a run manifest listed: listed by none yet
+            # (the same one, as ``catalog rebuild`` records it again: still listed)
+            values["listed_run_id"] = sa.case(
+                (passes.c.manifest_sha256 == update.manifest_sha256, passes.c.listed_run_id),
+                else_=None,
+            )
             values["archived_at"] = now
             values["image_count"] = update.image_count
             values["image_bytes"] = update.image_bytes

@@ -49,6 +49,9 @@ def test_archived_passes_are_unlisted_until_marked(catalog):
     later = T0 + timedelta(days=1)
     assert [p.pass_id for p in catalog.unlisted(later, 10)] == [_id(2), _id(3)]
 
+    # recorded again with the same manifest (as catalog rebuild does): still listed
+    _archive(catalog, 1, SHA_A, T0 + timedelta(hours=1))
+    assert [p.pass_id for p in catalog.unlisted(later, 10)] == [_id(2), _id(3)]
     # archived again (a new manifest): no run manifest lists that one yet
     _archive(catalog, 1, SHA_B, T0 + timedelta(hours=2))
     assert [p.pass_id for p in catalog.unlisted(later, 10)] == [_id(1), _id(2), _id(3)]
