@@ -73,13 +73,10 @@ def manifest_doc(data: bytes) -> dict[str, Any]:
     return doc
 
 
-def signed_listing(client: Any, bucket: str, prefix: str, verifier: Any) -> dict[str, set[str]]:
-    """What the bucket's signed run manifests list, as the auditor recipe's step 6
-    reads it: every ``{prefix}/runs/**.json`` must carry a valid detached signature
-    by ``verifier`` and parse as a run manifest; returns manifest key -> the manifest
-    SHA-256es listed for it, and, under ``"recovered"``, the pass ids listed as
-    recovered."""
-
+def signed_run_manifests(client: Any, bucket: str, prefix: str, verifier: Any) -> list[RunManifest]:
+    """Every ``{prefix}/runs/**.json`` in the bucket, as the auditor recipe's step 6
+    reads it: each must carry a valid detached signature by ``verifier`` and parse as
+    a run manifest of a published version."""
     pages = client.get_paginator("list_objects_v2")
     keys = [
         o["Key"]
@@ -87,23 +84,23 @@ def signed_listing(client: Any, bucket: str, prefix: str, verifier: Any) -> dict
         for o in page.get("Contents", [])
         if o["Key"].endswith(".json")
     ]
-    listed: dict[str, set[str]] = {"recovered": set()}
+    runs = []
     for key in keys:
         data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         sig = client.get_object(Bucket=bucket, Key=key + ".sig")["Body"].read()
         assert verifier.verify(data, sig), f"run manifest {key} is not signed by the key"
-        run = RunManifest.parse(data)
-        for p in run.passes:
-            listed.setdefault(p.manifest_key, set()).add(p.manifest_sha256)
-            if p.recovered:
-                listed["recovered"].add(p.pass_id)
-    return listed
+        runs.append(RunManifest.parse(data))
+    return runs
 
 
 def unlisted_manifests(client: Any, bucket: str, prefix: str, verifier: Any) -> list[str]:
     """The pass manifests in the bucket (by key and SHA-256) that no signed run
     manifest lists: empty when every committed pass is in the audit trail."""
-    listed = signed_listing(client, bucket, prefix, verifier)
+    listed = {
+        (p.manifest_key, p.manifest_sha256)
+        for run in signed_run_manifests(client, bucket, prefix, verifier)
+        for p in run.passes
+    }
     pages = client.get_paginator("list_objects_v2")
     missing = []
     for page in pages.paginate(Bucket=bucket, Prefix=f"{prefix}/passes/"):
@@ -111,6 +108,6 @@ def unlisted_manifests(client: Any, bucket: str, prefix: str, verifier: Any) -> 
             if not o["Key"].endswith("/manifest.json"):
                 continue
             data = client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
-            if hashlib.sha256(data).hexdigest() not in listed.get(o["Key"], set()):
+            if (o["Key"], hashlib.sha256(data).hexdigest()) not in listed:
                 missing.append(o["Key"])
     return missing

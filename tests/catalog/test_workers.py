@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from archiver.catalog.keys import new_catalog_secret
 from archiver.catalog.sql import SqlCatalog
 from tests.fixtures.cli import TEST_SIGNER, TEST_SIGNING_KEY
-from tests.helpers import signed_listing, unlisted_manifests
+from tests.helpers import signed_run_manifests, unlisted_manifests
 
 ARCHIVER = [sys.executable, "-m", "archiver"]
 PREFIX = "workers"
@@ -356,7 +356,8 @@ def test_passes_committed_by_killed_workers_are_listed_by_a_survivor(bed, seawee
     bed.watch(*victims, other, survivor)
     assert bed.counts() == {"archived": 200}
     assert unlisted_manifests(client, s3_bucket, PREFIX, TEST_SIGNER.verifier) == []
-    recovered = signed_listing(client, s3_bucket, PREFIX, TEST_SIGNER.verifier)["recovered"]
+    runs = signed_run_manifests(client, s3_bucket, PREFIX, TEST_SIGNER.verifier)
+    recovered = {p.pass_id for run in runs for p in run.passes if p.recovered}
     assert recovered >= by_victims
     assert recovered <= set(ids)
     code, doc = _verify_all(bed)
