@@ -21,7 +21,7 @@ import sqlalchemy as sa
 import structlog
 
 from archiver import __version__
-from archiver.catalog import Scope
+from archiver.catalog import Scope, UnlistedPass
 from archiver.catalog.keys import KeySealer
 from archiver.catalog.sql import SqlCatalog
 from archiver.clock import Clock, SystemClock
@@ -36,7 +36,12 @@ from archiver.core.format import (
     signature_key,
 )
 from archiver.core.images import sha256_hex
-from archiver.core.runlog import build_run_manifest, run_manifest_bytes
+from archiver.core.runlog import (
+    RECOVERED_PER_RUN,
+    build_run_manifest,
+    listed_by,
+    run_manifest_bytes,
+)
 from archiver.core.signing import Signer, SigningKeyError, Verifier
 from archiver.errors import (
     AlreadyRunning,
@@ -422,10 +427,13 @@ def _record(rt: Runtime, signer: Signer, summary: RunSummary) -> None:
     ``systemic_error``, and the other is still done; nothing is raised."""
     assert summary.finished_at is not None
     key = digest = None
+    recovered = _unlisted(rt.catalog, summary)
     try:
-        key, digest = write_run_manifest(rt, signer, summary)
+        key, digest = write_run_manifest(rt, signer, summary, recovered)
     except ArchiverError as exc:
         _not_kept(summary, "run_manifest_not_stored", "the run manifest was not stored", exc)
+    else:
+        _mark_listed(rt.catalog, summary, recovered)
     summary.run_manifest_key = key
     try:
         rt.catalog.record_run(
@@ -441,6 +449,33 @@ def _record(rt: Runtime, signer: Signer, summary: RunSummary) -> None:
     except ArchiverError as exc:
         # the run manifest, if stored, holds the exit code before this failure
         _not_kept(summary, "run_not_recorded", "the run was not recorded in the catalog", exc)
+
+
+def _unlisted(catalog: SqlCatalog, summary: RunSummary) -> list[UnlistedPass]:
+    """The passes earlier runs committed and no run manifest lists (those runs died
+    before storing theirs): this run's manifest lists them as recovered. A catalog
+    that cannot say lists none now; the next run finds them."""
+    log = structlog.get_logger("archiver.app")
+    try:
+        found = catalog.unlisted(summary.started_at, RECOVERED_PER_RUN)
+    except ArchiverError as exc:
+        log.warning("unlisted_passes_not_read", reason=exc.reason, error=str(exc))
+        return []
+    if found:
+        log.warning("unlisted_passes_recovered", run_id=summary.run_id, count=len(found))
+    return found
+
+
+def _mark_listed(catalog: SqlCatalog, summary: RunSummary, recovered: list[UnlistedPass]) -> None:
+    """Record in the catalog which passes the run manifest, now stored and chained,
+    lists. If the catalog refuses, they stay unlisted: the next run lists them again
+    (listed twice is harmless; listed nowhere is what this prevents)."""
+    try:
+        catalog.mark_listed(summary.run_id, listed_by(summary, recovered))
+    except ArchiverError as exc:
+        structlog.get_logger("archiver.app").warning(
+            "listed_passes_not_marked", run_id=summary.run_id, reason=exc.reason, error=str(exc)
+        )
 
 
 def _not_kept(summary: RunSummary, event: str, what: str, exc: ArchiverError) -> None:
@@ -538,9 +573,15 @@ def publish_public_key(
     return key
 
 
-def write_run_manifest(rt: Runtime, signer: Signer, summary: RunSummary) -> tuple[str, str]:
+def write_run_manifest(
+    rt: Runtime,
+    signer: Signer,
+    summary: RunSummary,
+    recovered: Sequence[UnlistedPass] = (),
+) -> tuple[str, str]:
     """Sign and store the run manifest, chained to the previous one of this chain, and
-    make it the chain's head; returns its key and SHA-256.
+    make it the chain's head; returns its key and SHA-256. ``recovered``: passes
+    earlier runs committed and listed nowhere, listed here marked ``recovered``.
 
     Store first, then move the head: the store's calls (looking for an orphan to adopt,
     the puts) run outside any catalog transaction, and the head then moves in a short
@@ -549,7 +590,7 @@ def write_run_manifest(rt: Runtime, signer: Signer, summary: RunSummary) -> tupl
     placed again against the new head (see :class:`_ChainAppend`), at most
     :data:`CHAIN_ATTEMPTS` times.
     """
-    return _ChainAppend(rt, signer, summary).run()
+    return _ChainAppend(rt, signer, summary, recovered).run()
 
 
 #: How often a run tries to move its chain's head to its run manifest. A try fails only
@@ -586,10 +627,17 @@ class _ChainAppend:
       replaces the one stored before) and the head moves to it.
     """
 
-    def __init__(self, rt: Runtime, signer: Signer, summary: RunSummary) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        signer: Signer,
+        summary: RunSummary,
+        recovered: Sequence[UnlistedPass] = (),
+    ) -> None:
         self.rt = rt
         self.signer = signer
         self.summary = summary
+        self.recovered = recovered
         self.layout = Layout(rt.settings.storage.clean_prefix)
         self.chain = chain_id(rt.settings)
         self.key = self.layout.run(summary.run_id, summary.started_at)
@@ -667,6 +715,7 @@ class _ChainAppend:
             previous_key=previous[0] if previous else None,
             previous_sha256=previous[1] if previous else None,
             signing_key_id=self.signer.key_id,
+            recovered=self.recovered,
         )
         data, digest = run_manifest_bytes(doc, check=False)
         sig = self.signer.sign(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 from html.parser import HTMLParser
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 from PIL import Image
 
-from archiver.core.format import PassManifest
+from archiver.core.format import PassManifest, RunManifest
 
 
 def make_jpeg(width: int = 64, height: int = 48, seed: int = 0, quality: int = 85) -> bytes:
@@ -70,3 +71,43 @@ def manifest_doc(data: bytes) -> dict[str, Any]:
     PassManifest.parse(data)
     doc: dict[str, Any] = orjson.loads(data)
     return doc
+
+
+def signed_run_manifests(client: Any, bucket: str, prefix: str, verifier: Any) -> list[RunManifest]:
+    """Every ``{prefix}/runs/**.json`` in the bucket, as the auditor recipe's step 6
+    reads it: each must carry a valid detached signature by ``verifier`` and parse as
+    a run manifest of a published version."""
+    pages = client.get_paginator("list_objects_v2")
+    keys = [
+        o["Key"]
+        for page in pages.paginate(Bucket=bucket, Prefix=f"{prefix}/runs/")
+        for o in page.get("Contents", [])
+        if o["Key"].endswith(".json")
+    ]
+    runs = []
+    for key in keys:
+        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        sig = client.get_object(Bucket=bucket, Key=key + ".sig")["Body"].read()
+        assert verifier.verify(data, sig), f"run manifest {key} is not signed by the key"
+        runs.append(RunManifest.parse(data))
+    return runs
+
+
+def unlisted_manifests(client: Any, bucket: str, prefix: str, verifier: Any) -> list[str]:
+    """The pass manifests in the bucket (by key and SHA-256) that no signed run
+    manifest lists: empty when every committed pass is in the audit trail."""
+    listed = {
+        (p.manifest_key, p.manifest_sha256)
+        for run in signed_run_manifests(client, bucket, prefix, verifier)
+        for p in run.passes
+    }
+    pages = client.get_paginator("list_objects_v2")
+    missing = []
+    for page in pages.paginate(Bucket=bucket, Prefix=f"{prefix}/passes/"):
+        for o in page.get("Contents", []):
+            if not o["Key"].endswith("/manifest.json"):
+                continue
+            data = client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            if (o["Key"], hashlib.sha256(data).hexdigest()) not in listed:
+                missing.append(o["Key"])
+    return missing

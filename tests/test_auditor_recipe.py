@@ -29,7 +29,7 @@ ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 FORMAT = ROOT / "config" / "schemas" / "FORMAT.md"
 PASS_SCHEMA = ROOT / "config" / "schemas" / "pass-manifest.v2.schema.json"
-RUN_SCHEMA = ROOT / "config" / "schemas" / "run-manifest.v1.schema.json"
+RUN_SCHEMA = ROOT / "config" / "schemas" / "run-manifest.v2.schema.json"
 VERIFIED = "Signature Verified Successfully"
 RECIPE_MARK = "<!-- tests/test_auditor_recipe.py runs the next block as written"
 # Recipe step 4, in the pass directory: SHA256SUMS's own hash is in the signed manifest.

@@ -7,6 +7,9 @@ proxy (tests/fixtures/s3proxy.py), checked afterwards from the bucket alone.
 * crash consistency: 20 runs over 100 passes, each SIGKILLed at a seeded random
   moment, then reruns to completion: each pass archived exactly once, every orphan
   left on the way listed by ``verify``, catalog == S3, ``catalog rebuild`` agrees;
+* listing: 20 runs over 150 passes, each SIGKILLed after committing some, then a clean
+  run: every pass manifest is listed by a signed run manifest (the killed runs' as
+  recovered), ``verify --all`` is clean;
 * overlap: two ``run`` at once on one SQLite catalog: one exits 5, nothing doubled;
 * graceful stop: SIGTERM to a ``run``: exit within ``stop_grace_seconds`` plus a
   margin, the run recorded, passes archived or given back.
@@ -32,6 +35,7 @@ import pytest
 
 from tests.fixtures.cli import TEST_SIGNER, cli_env, run_cli
 from tests.fixtures.s3proxy import S3FaultProxy
+from tests.helpers import signed_run_manifests, unlisted_manifests
 
 DETAILS = "/idpass/details"
 PREFIX = "cli"  # the prefix cli_config writes under
@@ -396,6 +400,70 @@ def test_crash_consistency(
         }
 
     assert view(rebuilt) == view(db)
+
+
+LISTING_PASSES = 150
+
+
+def test_passes_committed_by_killed_runs_are_listed_by_a_later_run_manifest(
+    cli_config, sandbox_http, api_faults, s3_proxy, seaweedfs, s3_bucket, tmp_path, pii_watch
+):
+    """20 runs over 150 passes, each SIGKILLed mid-run once it has committed 1-6 more
+    passes (seeded), so each commits passes and dies before storing its run manifest;
+    then a clean run. At the end every pass manifest in the bucket, by key and
+    SHA-256, is listed by a signed run manifest (the auditor recipe's step 6): those
+    the killed runs committed as ``recovered``. ``verify --all`` is clean."""
+    cfg, env = cli_config
+    db = cfg.parent / "catalog.db"
+    ledger = tmp_path / "ledger.jsonl"
+    ids = _passes(sandbox_http, LISTING_PASSES, ["id_photo_cropped"], ledger)
+    _import(cfg, env, ledger)
+    run_env = _run_env(env, s3_proxy, pipeline__concurrency=4)
+    finished = 0
+    for i in range(KILLS):
+        seed = 8000 + i
+        api_faults(rates={"latency": 1.0}, latency_seconds=[0.1, 0.5], seed=seed)
+        # killed on progress, not after a fixed delay: on a loaded machine a run may
+        # take seconds to start
+        target = _archived(db) + random.Random(seed).randint(1, 6)
+        proc = _popen(["run", "--config", str(cfg), "--json"], run_env)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and _archived(db) < target and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.kill()
+        else:
+            finished += 1
+        out, err = proc.communicate(timeout=30)
+        pii_watch.output(f"listing run {i} stdout", out)
+        pii_watch.output(f"listing run {i} stderr", err)
+        assert "Traceback" not in err, err[-3000:]
+    by_killed = {pid for pid, r in _rows(db).items() if r["state"] == "archived"}
+    print(f"listing: {len(by_killed)} pass(es) committed by killed runs; {finished} finished")
+    assert finished == 0, "a run finished inside the kill loop: raise the latency"
+    assert len(by_killed) >= KILLS, "the kills left too few committed passes"
+    client = seaweedfs.client()
+    assert unlisted_manifests(client, s3_bucket, PREFIX, TEST_SIGNER.verifier), (
+        "the killed runs left every pass listed: the kills proved nothing"
+    )
+
+    api_faults(rates={"latency": 0.0})
+    proc = run_cli(["run", "--config", str(cfg), "--json"], env=run_env, watch=pii_watch)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _archived(db) == LISTING_PASSES
+    assert sorted(Bucket(seaweedfs, s3_bucket).manifests()) == sorted(ids)
+
+    assert unlisted_manifests(client, s3_bucket, PREFIX, TEST_SIGNER.verifier) == []
+    runs = signed_run_manifests(client, s3_bucket, PREFIX, TEST_SIGNER.verifier)
+    recovered = {p.pass_id for run in runs for p in run.passes if p.recovered}
+    assert recovered == by_killed
+    # the catalog knows they are listed now: the next run recovers nothing
+    assert _count(db, "SELECT count(*) FROM passes WHERE listed_run_id IS NULL") == 0
+    proc = run_cli(["run", "--config", str(cfg), "--json"], env=run_env, watch=pii_watch)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not [e for e in _events(proc.stderr) if e["event"] == "unlisted_passes_recovered"]
+    code, doc = _verify(cfg, env, tmp_path, "--all")
+    assert (code, doc["findings"]) == (0, []), doc["finding_counts"]
 
 
 # --- overlapping runs ------------------------------------------------------------------

@@ -28,7 +28,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from archiver.sandbox.seaweedfs import SeaweedFS
-from tests.fixtures.cli import cli_env, run_cli
+from tests.fixtures.cli import TEST_SIGNER, cli_env, run_cli
+from tests.helpers import signed_run_manifests, unlisted_manifests
 
 DETAILS = "/idpass/details"
 
@@ -260,6 +261,11 @@ def test_storage_killed_mid_run(cli_config, sandbox_http, own_seaweedfs, tmp_pat
     assert json.loads(final.stdout)["counts"]["archived"] == len(ids) - len(done)
     got = _samples(prom.read_text())
     assert got[("idpass_archiver_last_run_exit_code", (("mode", "run"),))] == 0
+    # what the cut-off run committed is in the audit trail: the last run lists it
+    client = server.client()
+    assert unlisted_manifests(client, bucket, "cli", TEST_SIGNER.verifier) == []
+    runs = signed_run_manifests(client, bucket, "cli", TEST_SIGNER.verifier)
+    assert {p.pass_id for r in runs for p in r.passes if p.recovered} == done
 
 
 # --- schedule: each tick is a run -------------------------------------------------------

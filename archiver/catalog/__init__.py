@@ -112,6 +112,16 @@ class OutcomeUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class UnlistedPass:
+    """An archived pass no stored run manifest lists (the run that committed it died
+    before storing its run manifest): a later run lists it as recovered."""
+
+    pass_id: str
+    manifest_key: str
+    manifest_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class Scope:
     """Narrows which due passes a run claims (a backfill). ``None`` fields: no limit.
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -36,6 +36,7 @@ from archiver.catalog import (
     OutcomeUpdate,
     PassUpsert,
     Scope,
+    UnlistedPass,
     UpsertStats,
 )
 from archiver.catalog.coverage import Coverage, DayCoverage, FailedPass, UpcomingDeadline
@@ -116,6 +117,12 @@ def _v5_pass_columns() -> list[sa.Column[Any]]:
     ]
 
 
+def _v6_pass_columns() -> list[sa.Column[Any]]:
+    # The run whose stored, chained run manifest lists the pass's current manifest;
+    # None for an archived pass no run manifest lists yet (its run died first).
+    return [sa.Column("listed_run_id", sa.String(64), nullable=True)]
+
+
 passes = sa.Table(
     "passes",
     metadata,
@@ -123,8 +130,11 @@ passes = sa.Table(
     *_v2_pass_columns(),
     *_v4_pass_columns(),
     *_v5_pass_columns(),
+    *_v6_pass_columns(),
 )
 sa.Index("ix_passes_state_deadline", passes.c.state, passes.c.deadline)
+# Also ix_passes_unlisted (migration 6): a partial index over the archived passes no
+# run manifest lists, in pass-id order (see SqlCatalog.unlisted).
 # Also ix_passes_due (migration 3): a partial index over the passes with work left,
 # on (deadline NULLS FIRST, pass_id): the order in which they are due.
 
@@ -229,12 +239,30 @@ def _migration_5(conn: Connection) -> None:
     _create_due_index(conn, DUE_STATES)
 
 
+def _migration_6(conn: Connection) -> None:
+    """Which run manifest lists each archived pass: passes committed by a run that
+    died before storing its run manifest are found (one partial index) and listed by
+    a later run. Passes archived before this migration start unlisted: the next runs
+    list them again, as recovered (at most
+    :data:`archiver.core.runlog.RECOVERED_PER_RUN` per run)."""
+    _add_columns(conn, "passes", _v6_pass_columns())
+    conn.execute(
+        sa.text(
+            # listed_run_id leads (always NULL here) so that SQLite's planner, which
+            # has no statistics, prefers this index to ix_passes_state_deadline
+            "CREATE INDEX ix_passes_unlisted ON passes (listed_run_id, pass_id) "
+            "WHERE state = 'archived' AND listed_run_id IS NULL"
+        )
+    )
+
+
 MIGRATIONS = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
     (4, _migration_4),
     (5, _migration_5),
+    (6, _migration_6),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -688,6 +716,12 @@ class SqlCatalog:
         if update.link_expires_at is not None:
             values["link_expires_at"] = update.link_expires_at
         if update.outcome is Outcome.ARCHIVED:
+            # another manifest than the one a run manifest listed: listed by none yet
+            # (the same one, as ``catalog rebuild`` records it again: still listed)
+            values["listed_run_id"] = sa.case(
+                (passes.c.manifest_sha256 == update.manifest_sha256, passes.c.listed_run_id),
+                else_=None,
+            )
             values["archived_at"] = now
             values["image_count"] = update.image_count
             values["image_bytes"] = update.image_bytes
@@ -715,6 +749,44 @@ class SqlCatalog:
             )
         if result.rowcount != 1:
             raise CatalogError(f"pass {update.pass_id} is not in the catalog")
+
+    def unlisted(self, before: datetime, limit: int) -> list[UnlistedPass]:
+        """Archived passes no stored run manifest lists, archived before ``before`` (a
+        run's start: passes committed since may be listed by the run committing them),
+        at most ``limit``, in pass-id order: one read of ``ix_passes_unlisted``."""
+        query = (
+            sa.select(passes.c.pass_id, passes.c.manifest_key, passes.c.manifest_sha256)
+            .where(
+                # literals, so that the partial index's predicate provably covers them
+                sa.text("state = 'archived' AND listed_run_id IS NULL"),
+                passes.c.manifest_key.is_not(None),
+                passes.c.manifest_sha256.is_not(None),
+                sa.or_(passes.c.archived_at.is_(None), passes.c.archived_at < before),
+            )
+            .order_by(passes.c.pass_id)
+            .limit(limit)
+        )
+        with catalog_errors("cannot read the unlisted passes"), self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [UnlistedPass(r.pass_id, r.manifest_key, r.manifest_sha256) for r in rows]
+
+    def mark_listed(self, run_id: str, listed: list[tuple[str, str]]) -> int:
+        """Record that ``run_id``'s run manifest, stored and chained, lists these
+        (pass id, manifest SHA-256) pairs; a pass committed again since (another
+        SHA-256) stays unlisted. Returns how many rows were marked."""
+        marked = 0
+        with catalog_errors("cannot mark passes listed"), self._engine.begin() as conn:
+            for chunk in _chunks(listed, 500):
+                result = conn.execute(
+                    passes.update()
+                    .where(
+                        sa.tuple_(passes.c.pass_id, passes.c.manifest_sha256).in_(chunk),
+                        passes.c.state == Outcome.ARCHIVED.value,
+                    )
+                    .values(listed_run_id=run_id)
+                )
+                marked += result.rowcount
+        return marked
 
     def counts(self) -> Mapping[str, int]:
         query = sa.select(passes.c.state, sa.func.count()).group_by(passes.c.state)
@@ -924,7 +996,10 @@ def _make_parent_dir(url: sa.URL) -> None:
         ) from None
 
 
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+_T = TypeVar("_T")
+
+
+def _chunks(items: list[_T], size: int) -> Iterable[list[_T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 

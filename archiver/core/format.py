@@ -65,10 +65,10 @@ MANIFEST_VERSION = 2
 MANIFEST_KIND = "idpass-archiver/pass-manifest"
 MANIFEST_SCHEMA = "pass-manifest.v2.schema.json"
 MANIFEST_SCHEMAS = {1: "pass-manifest.v1.schema.json", 2: MANIFEST_SCHEMA}
-RUN_MANIFEST_VERSION = 1
+RUN_MANIFEST_VERSION = 2  # version 2: ``recovered`` on each listed pass
 RUN_MANIFEST_KIND = "idpass-archiver/run-manifest"
-RUN_MANIFEST_SCHEMA = "run-manifest.v1.schema.json"
-_VERSIONS = {"manifest_version": MANIFEST_VERSION, "run_manifest_version": RUN_MANIFEST_VERSION}
+RUN_MANIFEST_SCHEMA = "run-manifest.v2.schema.json"
+RUN_MANIFEST_SCHEMAS = {1: "run-manifest.v1.schema.json", 2: RUN_MANIFEST_SCHEMA}
 
 
 def signature_key(key: str) -> str:
@@ -184,22 +184,25 @@ def _load_json(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def _load_valid(data: bytes, what: str, schema_file: str, version_field: str) -> dict[str, Any]:
-    """Stored bytes → the document, once it is valid against ``schema_file``."""
+def _load_versioned(
+    data: bytes, what: str, version_field: str, schemas: dict[int, str], current: int
+) -> dict[str, Any]:
+    """Stored bytes → a document of any version in ``schemas``, once valid against
+    that version's schema."""
     doc = _load_json(data, what)
-    validate_against(schema_file, doc, version_field, _VERSIONS[version_field])
+    found = doc.get(version_field)
+    if isinstance(found, int) and not isinstance(found, bool) and found in schemas:
+        validate_against(schemas[found], doc, version_field, found)
+    else:  # the message names the version this build writes
+        validate_against(schemas[current], doc, version_field, current)
     return doc
 
 
 def _load_pass_manifest(data: bytes) -> dict[str, Any]:
     """Stored bytes → a pass manifest of any version this build reads, once valid."""
-    doc = _load_json(data, "pass manifest")
-    found = doc.get("manifest_version")
-    if isinstance(found, int) and not isinstance(found, bool) and found in MANIFEST_SCHEMAS:
-        validate_against(MANIFEST_SCHEMAS[found], doc, "manifest_version", found)
-    else:  # the message names the version this build writes
-        validate_against(MANIFEST_SCHEMA, doc, "manifest_version", MANIFEST_VERSION)
-    return doc
+    return _load_versioned(
+        data, "pass manifest", "manifest_version", MANIFEST_SCHEMAS, MANIFEST_VERSION
+    )
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -368,12 +371,15 @@ class PassManifest:
 
 @dataclass(frozen=True, slots=True)
 class ListedPass:
-    """A pass a run manifest lists as archived."""
+    """A pass a run manifest lists as archived. ``recovered``: committed by an earlier
+    run that died before listing it, and listed by this one (always False in a
+    version-1 run manifest, which knew no such passes)."""
 
     pass_id: str
     manifest_key: str
     manifest_sha256: str
     already_archived: bool
+    recovered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,12 +403,15 @@ class RunManifest:
     signing_key_id: str
     previous: ChainLink | None
     passes: tuple[ListedPass, ...]
+    run_manifest_version: int = RUN_MANIFEST_VERSION
 
     @classmethod
     def parse(cls, data: bytes) -> RunManifest:
         """Stored bytes → a typed run manifest; :class:`FormatError` if they are not
         a run manifest of a version this build reads."""
-        doc = _load_valid(data, "run manifest", RUN_MANIFEST_SCHEMA, "run_manifest_version")
+        doc = _load_versioned(
+            data, "run manifest", "run_manifest_version", RUN_MANIFEST_SCHEMAS, RUN_MANIFEST_VERSION
+        )
         prev = doc["previous"]
         return cls(
             run_id=doc["run_id"],
@@ -415,10 +424,15 @@ class RunManifest:
             previous=ChainLink(prev["key"], prev["sha256"]) if prev else None,
             passes=tuple(
                 ListedPass(
-                    p["pass_id"], p["manifest_key"], p["manifest_sha256"], p["already_archived"]
+                    p["pass_id"],
+                    p["manifest_key"],
+                    p["manifest_sha256"],
+                    p["already_archived"],
+                    p.get("recovered", False),
                 )
                 for p in doc["passes"]
             ),
+            run_manifest_version=doc["run_manifest_version"],
         )
 
 

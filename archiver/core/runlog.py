@@ -2,17 +2,24 @@
 
 Written at ``{prefix}/runs/{yyyy}/{mm}/{dd}/{run_id}.json`` with a detached Ed25519
 signature beside it (``.json.sig``). Canonical JSON, versioned, published as
-``config/schemas/run-manifest.v1.schema.json``. ``previous`` names the SHA-256 (and
-key) of the chain's previous run manifest, so deleting or altering a run manifest in
-the middle of the chain breaks a link that ``verify`` reports. No personal data:
-pass ids, hashes, counts and reasons only.
+``config/schemas/run-manifest.v2.schema.json`` (version 1 is still read). ``previous``
+names the SHA-256 (and key) of the chain's previous run manifest, so deleting or
+altering a run manifest in the middle of the chain breaks a link that ``verify``
+reports. No personal data: pass ids, hashes, counts and reasons only.
+
+``passes`` lists what the run committed (or found already archived), and, marked
+``"recovered": true``, passes an earlier run committed but never listed (it died
+before storing its run manifest): the catalog keeps which passes a stored run
+manifest lists (:meth:`~archiver.catalog.sql.SqlCatalog.unlisted`), so every
+committed pass ends up listed by some run manifest.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from archiver.catalog import Outcome
+from archiver.catalog import Outcome, UnlistedPass
 from archiver.clock import isoformat
 from archiver.core.format import (
     RUN_MANIFEST_KIND,
@@ -24,6 +31,11 @@ from archiver.core.images import sha256_hex
 from archiver.core.manifest import canonical_json
 from archiver.results import RunSummary
 
+#: At most this many recovered passes in one run manifest (about 250 bytes each): a
+#: larger backlog (a catalog migrated to schema 6, or rebuilt) is listed over the next
+#: runs, the lowest pass ids first.
+RECOVERED_PER_RUN = 10_000
+
 
 def build_run_manifest(
     summary: RunSummary,
@@ -34,12 +46,37 @@ def build_run_manifest(
     previous_key: str | None,
     previous_sha256: str | None,
     signing_key_id: str,
+    recovered: Sequence[UnlistedPass] = (),
 ) -> dict[str, Any]:
+    """The run manifest of ``summary``; ``recovered`` are passes earlier runs committed
+    and listed nowhere (a pass the run lists as its own is not listed twice)."""
     assert summary.finished_at is not None
     archived = sorted(
         (r for r in summary.results if r.outcome is Outcome.ARCHIVED and r.manifest_key),
         key=lambda r: r.pass_id,
     )
+    own = [
+        {
+            "pass_id": r.pass_id,
+            "manifest_key": r.manifest_key,
+            "manifest_sha256": r.manifest_sha256,
+            "already_archived": r.already_archived,
+            "recovered": False,
+        }
+        for r in archived
+    ]
+    mine = {r.pass_id for r in archived}
+    found = [
+        {
+            "pass_id": p.pass_id,
+            "manifest_key": p.manifest_key,
+            "manifest_sha256": p.manifest_sha256,
+            "already_archived": True,
+            "recovered": True,
+        }
+        for p in sorted(recovered, key=lambda p: p.pass_id)
+        if p.pass_id not in mine
+    ]
     problems = [
         r for r in summary.results if r.outcome in (Outcome.EXPIRED, Outcome.FAILED, Outcome.RETRY)
     ]
@@ -57,15 +94,7 @@ def build_run_manifest(
         "stopped_early": summary.stopped_early,
         "systemic_error": summary.systemic_error,
         "counts": summary.counts,
-        "passes": [
-            {
-                "pass_id": r.pass_id,
-                "manifest_key": r.manifest_key,
-                "manifest_sha256": r.manifest_sha256,
-                "already_archived": r.already_archived,
-            }
-            for r in archived
-        ],
+        "passes": own + found,
         "not_archived": sorted(
             (
                 {"pass_id": r.pass_id, "outcome": r.outcome.value, "reason": r.reason or ""}
@@ -76,6 +105,17 @@ def build_run_manifest(
         "previous": ({"key": previous_key, "sha256": previous_sha256} if previous_sha256 else None),
         "signing": {"algorithm": "ed25519", "key_id": signing_key_id},
     }
+
+
+def listed_by(summary: RunSummary, recovered: Sequence[UnlistedPass]) -> list[tuple[str, str]]:
+    """The (pass id, manifest SHA-256) of every pass the run manifest that
+    :func:`build_run_manifest` makes of ``summary`` and ``recovered`` lists."""
+    own = [
+        (r.pass_id, r.manifest_sha256)
+        for r in summary.results
+        if r.outcome is Outcome.ARCHIVED and r.manifest_key and r.manifest_sha256
+    ]
+    return own + [(p.pass_id, p.manifest_sha256) for p in recovered]
 
 
 def validate_run_manifest(doc: Any) -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from archiver.catalog import Outcome, OutcomeUpdate, PassUpsert
-from archiver.catalog.sql import MIGRATIONS, SqlCatalog, schema_version
+from archiver.catalog.sql import MIGRATIONS, SCHEMA_VERSION, SqlCatalog, schema_version
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 PID = "00000000-0000-4000-8000-000000000005"
@@ -37,7 +37,7 @@ def test_version_4_catalog_gains_the_confirmation_columns_and_state(catalog_url)
     _at_version_4(catalog_url)
     cat = SqlCatalog(catalog_url)
     try:
-        assert cat.schema_version == 5
+        assert cat.schema_version == SCHEMA_VERSION
         entry = cat.get(PID)
         assert (entry.attempts, entry.checks, entry.confirmations) == (3, 0, 0)
         assert entry.seen_slots is None

@@ -57,7 +57,11 @@ def test_schema_is_versioned_and_reopen_keeps_data(catalog_url):
     again.close()
     versions = _raw(catalog_url, "SELECT version FROM schema_version ORDER BY version")
     assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
-    assert _indexes(catalog_url) == {"ix_passes_state_deadline", "ix_passes_due"}
+    assert _indexes(catalog_url) == {
+        "ix_passes_state_deadline",
+        "ix_passes_due",
+        "ix_passes_unlisted",
+    }
 
 
 def _indexes(url: str) -> set[str]:
@@ -135,7 +139,11 @@ def test_version_1_catalog_is_migrated_without_losing_data(catalog_url):
         cat.close()
     versions = _raw(catalog_url, "SELECT version FROM schema_version ORDER BY version")
     assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
-    assert _indexes(catalog_url) == {"ix_passes_state_deadline", "ix_passes_due"}
+    assert _indexes(catalog_url) == {
+        "ix_passes_state_deadline",
+        "ix_passes_due",
+        "ix_passes_unlisted",
+    }
 
 
 def test_a_failing_migration_leaves_the_previous_version_intact(catalog_url, monkeypatch):

@@ -25,7 +25,8 @@ import sqlalchemy as sa
 
 from archiver.catalog.keys import new_catalog_secret
 from archiver.catalog.sql import SqlCatalog
-from tests.fixtures.cli import TEST_SIGNING_KEY
+from tests.fixtures.cli import TEST_SIGNER, TEST_SIGNING_KEY
+from tests.helpers import signed_run_manifests, unlisted_manifests
 
 ARCHIVER = [sys.executable, "-m", "archiver"]
 PREFIX = "workers"
@@ -301,3 +302,63 @@ def test_a_killed_workers_passes_are_taken_over_once_its_lease_expires(
     _assert_written_once(seaweedfs, s3_bucket, urgent + rest)
     assert bed.counts() == {"archived": len(urgent + rest)}
     assert bed.leases() == {}
+
+
+def _verify_all(bed: Bed) -> tuple[int, Any]:
+    """``verify --all`` as an auditor runs it: read access and the public key."""
+    pub = bed.tmp / "signing.pub.pem"
+    pub.write_bytes(TEST_SIGNER.verifier.public_pem())
+    auditor = {k: v for k, v in bed.env.items() if not k.startswith("IDPASS_ARCHIVER_")}
+    args = ["verify", "--config", str(bed.config), "--public-key", str(pub), "--json", "--all"]
+    proc = subprocess.run(
+        [*ARCHIVER, *args],
+        env=auditor,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_passes_committed_by_killed_workers_are_listed_by_a_survivor(bed, seaweedfs, s3_bucket):
+    """Three workers share 200 passes; two are SIGKILLed once each has committed
+    passes, so those passes are in no run manifest. The third finishes; after the
+    killed workers' leases expire a survivor run archives what they held and lists
+    what they committed as recovered. Every pass manifest, by key and SHA-256, is then
+    in a signed run manifest, and ``verify --all`` is clean."""
+    lease = 10
+    ids = bed.seed(200, image_retention_days=20)
+    bed.import_ledger()
+    slow = {"api__requests_per_second": 10, "catalog__lease_seconds": lease}
+    victims = [bed.start(f"victim-{n}", pipeline__concurrency=2, **slow) for n in range(2)]
+    other = bed.start("worker-c", pipeline__concurrency=2, **slow)
+    for v in victims:
+        _wait(f"{v.name} to commit passes", lambda v=v: len(_archived_ids(v.events())) >= 5, 90, v)
+    for v in victims:
+        os.kill(v.proc.pid, signal.SIGKILL)
+        v.proc.wait(timeout=30)
+        assert v.proc.returncode == -signal.SIGKILL
+    by_victims = {pid for v in victims for pid in _archived_ids(v.events())}
+    other.finish()
+    client = seaweedfs.client()
+    assert set(unlisted_manifests(client, s3_bucket, PREFIX, TEST_SIGNER.verifier)) >= {
+        f"{PREFIX}/passes/{pid}/manifest.json" for pid in by_victims
+    }
+
+    _wait(
+        "the killed workers' leases to expire",
+        lambda: all(exp < datetime.now(UTC) for _, exp in bed.leases().values()),
+        lease + 10,
+    )
+    survivor = bed.start("survivor", pipeline__concurrency=2)
+    survivor.finish()
+    bed.watch(*victims, other, survivor)
+    assert bed.counts() == {"archived": 200}
+    assert unlisted_manifests(client, s3_bucket, PREFIX, TEST_SIGNER.verifier) == []
+    runs = signed_run_manifests(client, s3_bucket, PREFIX, TEST_SIGNER.verifier)
+    recovered = {p.pass_id for run in runs for p in run.passes if p.recovered}
+    assert recovered >= by_victims
+    assert recovered <= set(ids)
+    code, doc = _verify_all(bed)
+    assert (code, doc["findings"]) == (0, []), doc["finding_counts"]
