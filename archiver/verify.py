@@ -12,8 +12,17 @@ signing key, no catalog. For each pass manifest in scope it checks:
 * with ``deep``, each object downloaded and hashed again;
 
 and across the archive (``all``): objects under ``passes/`` that no manifest lists
-(orphans), and the hash chain of signed run manifests: a run manifest deleted from
-the middle of a chain, or altered, breaks a link.
+(orphans); the hash chain of signed, trusted run manifests, walked from the newest
+back to the first (a run manifest deleted from the middle of a chain, or altered,
+breaks a link; a signed one the walk does not reach is ``off_chain``; an unsigned or
+badly signed one is named as such and kept out of the chain); and completeness in
+both directions between the passes in the bucket and the union of the trusted run
+manifests' pass lists (``unlisted``, ``listed_but_missing``). The bucket's version
+listing shows what a delete without a version id (allowed under COMPLIANCE
+retention) hides: a trusted run manifest behind a delete marker is a
+``delete_marker`` finding, and the passes it lists still count as listed. With the
+config requiring Object Lock, every manifest, signature, run manifest and key copy
+the job wrote must carry retention (``no_retention``).
 
 Only the store saying an object is not there (``head`` None, ``get``
 :class:`~archiver.errors.ObjectNotFound`) is a finding. Any other
@@ -254,7 +263,8 @@ class ArchiveChecker:
     def runs(
         self, *, since: datetime | None = None, run_id: str | None = None
     ) -> list[RunManifest]:
-        """Verify run manifests (signatures, schema) and the hash chains they form."""
+        """Verify run manifests (signatures, schema) and the hash chain the trusted
+        ones form; returns the trusted ones in scope."""
         by_sha: dict[str, str] = {}
         docs: list[tuple[str, RunManifest]] = []
         for o in self.store.list(self.layout.runs_root()):
@@ -267,10 +277,12 @@ class ArchiveChecker:
             except FormatError as exc:
                 self._find("invalid_run_manifest", o.key, exc.message)
                 continue
-            self._signed(o.key, data, run.signing_key_id)
+            if not self._signed(o.key, data, run.signing_key_id):
+                continue  # named unsigned/bad_signature/untrusted_key; no link of the chain
             by_sha[hashlib.sha256(data).hexdigest()] = o.key
             docs.append((o.key, run))
         self._check_chain(docs, by_sha)
+        self._check_walk(docs, by_sha)
         return [
             run
             for _, run in docs
@@ -293,6 +305,80 @@ class ArchiveChecker:
         for sha, keys in followers.items():
             if len(keys) > 1:
                 self._find("chain_fork", by_sha.get(sha, sha), f"followed by {len(keys)} runs")
+
+    def _check_walk(self, docs: list[tuple[str, RunManifest]], by_sha: dict[str, str]) -> None:
+        """Walk from the newest trusted run manifest back along ``previous``; every
+        trusted run manifest must be on that walk (a fork's other branch, or a chain
+        cut off by a broken link, is not)."""
+        if not docs:
+            return
+        runs = dict(docs)
+        key: str | None = max(docs, key=lambda d: (d[1].started_at, d[0]))[0]
+        reached: set[str] = set()
+        while key is not None and key not in reached:
+            reached.add(key)
+            prev = runs[key].previous
+            key = by_sha.get(prev.sha256) if prev is not None else None
+        for other, _ in docs:
+            if other not in reached:
+                self._find("off_chain", other, "not reached from the newest run manifest")
+
+    # -- completeness ---------------------------------------------------------------
+
+    def hidden(self, prefix: str) -> dict[str, str]:
+        """Keys under ``prefix`` whose latest entry is a delete marker over a stored
+        version, each with the id of the newest version it hides."""
+        latest_marker: set[str] = set()
+        newest: dict[str, str] = {}
+        for v in self.store.list_versions(prefix):
+            if v.is_latest and v.delete_marker:
+                latest_marker.add(v.key)
+            elif not v.delete_marker and v.version_id is not None and v.key not in newest:
+                newest[v.key] = v.version_id  # S3 lists a key's versions newest first
+        return {k: newest[k] for k in sorted(latest_marker) if k in newest}
+
+    def hidden_runs(self) -> list[RunManifest]:
+        """Trusted run manifests behind a delete marker: each is a ``delete_marker``
+        finding, and the passes it lists still count as listed."""
+        found: list[RunManifest] = []
+        hidden = self.hidden(self.layout.runs_root())
+        for key, version_id in hidden.items():
+            if not self.layout.is_run_manifest(key):
+                continue
+            data = self.store.get(key, version_id=version_id)
+            sig_key = signature_key(key)
+            sig_version = hidden.get(sig_key)
+            try:
+                run = RunManifest.parse(data)
+                sig = self.store.get(sig_key, version_id=sig_version)
+            except (FormatError, ObjectNotFound):
+                continue  # no run manifest of ours: something planted, then deleted
+            if not any(v.verify(data, sig) for v in self.trusted.values()):
+                continue
+            self._find("delete_marker", key, "a signed run manifest is hidden by a delete marker")
+            found.append(run)
+        return found
+
+    def completeness(self, in_bucket: list[str], runs: list[RunManifest]) -> None:
+        """Both directions between the passes with a manifest in the bucket and the
+        passes the trusted run manifests list."""
+        listed = {p.pass_id for run in runs for p in run.passes}
+        present = set(in_bucket)
+        hidden = self.hidden(self.layout.passes_root())
+        for pid in sorted(present - listed):
+            key = self.layout.manifest(pid)
+            self._find("unlisted", key, "no signed run manifest lists this pass", pid)
+        for pid in sorted(listed - present):
+            key = self.layout.manifest(pid)
+            why = "hidden by a delete marker" if key in hidden else "not in the bucket"
+            self._find("listed_but_missing", key, f"a signed run lists this pass; {why}", pid)
+
+    def retention(self, keys: list[str]) -> None:
+        """Object Lock required: each object the job wrote keeps its retention."""
+        for key in keys:
+            info = self.store.head(key)
+            if info is not None and info.lock_mode is None:
+                self._find("no_retention", key, "no Object Lock retention (the config requires it)")
 
 
 def sample(ids: list[str], percent: float | None, seed: int | None) -> list[str]:
@@ -333,8 +419,21 @@ def run_verify(
         else:  # not sampled: still account for its objects, so they are no orphans
             accounted |= _listed_keys(store, layout, pid)
     v.orphans(objects, accounted)
-    v.runs()
+    runs = v.runs()
+    v.completeness(ids, runs + v.hidden_runs())
+    if require_lock:
+        v.retention(_written_keys(store, layout, ids))
     return v.report
+
+
+def _written_keys(store: ObjectStore, layout: Layout, pass_ids: list[str]) -> list[str]:
+    """The manifests, signatures, run manifests and key copies the job wrote."""
+    keys = [
+        k for pid in pass_ids for k in (layout.manifest(pid), signature_key(layout.manifest(pid)))
+    ]
+    keys += [o.key for o in store.list(layout.runs_root())]
+    keys += [o.key for o in store.list(layout.public_key("")[: -len(".pub.pem")])]
+    return keys
 
 
 def _listed_keys(store: ObjectStore, layout: Layout, pass_id: str) -> set[str]:
