@@ -119,6 +119,8 @@ class ArchiveChecker:
         self.trusted = {v.key_id: v for v in trusted}
         self.require_lock = require_lock
         self.report = VerifyReport()
+        self.trusted_runs: list[tuple[str, str]] = []  # (key, sha256) of each signed one
+        self.tips: list[RunLink] = []  # the trusted run manifests no trusted one follows
 
     # -- helpers ------------------------------------------------------------------
 
@@ -281,8 +283,9 @@ class ArchiveChecker:
                 continue  # named unsigned/bad_signature/untrusted_key; no link of the chain
             by_sha[hashlib.sha256(data).hexdigest()] = o.key
             docs.append((o.key, run))
+        self.trusted_runs = [(key, sha) for sha, key in by_sha.items()]
         self._check_chain(docs, by_sha)
-        self._check_walk(docs, by_sha)
+        self.tips = _tips(docs, by_sha)
         return [
             run
             for _, run in docs
@@ -305,23 +308,6 @@ class ArchiveChecker:
         for sha, keys in followers.items():
             if len(keys) > 1:
                 self._find("chain_fork", by_sha.get(sha, sha), f"followed by {len(keys)} runs")
-
-    def _check_walk(self, docs: list[tuple[str, RunManifest]], by_sha: dict[str, str]) -> None:
-        """Walk from the newest trusted run manifest back along ``previous``; every
-        trusted run manifest must be on that walk (a fork's other branch, or a chain
-        cut off by a broken link, is not)."""
-        if not docs:
-            return
-        runs = dict(docs)
-        key: str | None = max(docs, key=lambda d: (d[1].started_at, d[0]))[0]
-        reached: set[str] = set()
-        while key is not None and key not in reached:
-            reached.add(key)
-            prev = runs[key].previous
-            key = by_sha.get(prev.sha256) if prev is not None else None
-        for other, _ in docs:
-            if other not in reached:
-                self._find("off_chain", other, "not reached from the newest run manifest")
 
     # -- completeness ---------------------------------------------------------------
 
@@ -381,6 +367,27 @@ class ArchiveChecker:
                 self._find("no_retention", key, "no Object Lock retention (the config requires it)")
 
 
+@dataclass(frozen=True, slots=True)
+class RunLink:
+    """A run manifest by key and content hash, and when its run started."""
+
+    key: str
+    sha256: str
+    started_at: datetime
+
+
+def _tips(docs: list[tuple[str, RunManifest]], by_sha: dict[str, str]) -> list[RunLink]:
+    """The ends of the chains (one per chain; more with a fork): walking back from
+    each, every link resolves (else ``chain_broken``) down to a first run manifest."""
+    followed = {run.previous.sha256 for _, run in docs if run.previous is not None}
+    runs = dict(docs)
+    return [
+        RunLink(key, sha, runs[key].started_at)
+        for sha, key in sorted(by_sha.items(), key=lambda item: item[1])
+        if sha not in followed
+    ]
+
+
 def sample(ids: list[str], percent: float | None, seed: int | None) -> list[str]:
     if percent is None or percent >= 100:
         return ids
@@ -422,17 +429,18 @@ def run_verify(
     runs = v.runs()
     v.completeness(ids, runs + v.hidden_runs())
     if require_lock:
-        v.retention(_written_keys(store, layout, ids))
+        v.retention(_written_keys(v, ids))
     return v.report
 
 
-def _written_keys(store: ObjectStore, layout: Layout, pass_ids: list[str]) -> list[str]:
-    """The manifests, signatures, run manifests and key copies the job wrote."""
-    keys = [
-        k for pid in pass_ids for k in (layout.manifest(pid), signature_key(layout.manifest(pid)))
-    ]
-    keys += [o.key for o in store.list(layout.runs_root())]
-    keys += [o.key for o in store.list(layout.public_key("")[: -len(".pub.pem")])]
+def _written_keys(v: ArchiveChecker, pass_ids: list[str]) -> list[str]:
+    """The manifests, signatures, signed run manifests and key copies the job wrote
+    (not what someone else planted beside them: that is named otherwise)."""
+    layout = v.layout
+    manifests = [layout.manifest(pid) for pid in pass_ids]
+    manifests += [key for key, _ in v.trusted_runs]
+    keys = [k for m in manifests for k in (m, signature_key(m))]
+    keys += [o.key for o in v.store.list(layout.public_key("")[: -len(".pub.pem")])]
     return keys
 
 
