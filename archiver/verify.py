@@ -345,12 +345,18 @@ class ArchiveChecker:
             found.append(run)
         return found
 
-    def completeness(self, in_bucket: list[str], runs: list[RunManifest]) -> None:
+    def completeness(
+        self, in_bucket: list[str], runs: list[RunManifest], accounted: set[str]
+    ) -> None:
         """Both directions between the passes with a manifest in the bucket and the
-        passes the trusted run manifests list."""
+        passes the trusted run manifests list; and a delete marker over any key a
+        manifest lists, also in a pass left out of a sample."""
         listed = {p.pass_id for run in runs for p in run.passes}
         present = set(in_bucket)
         hidden = self.hidden(self.layout.passes_root())
+        named = {f.key for f in self.report.findings}
+        for key in sorted(hidden.keys() & accounted - named):
+            self._find("delete_marker", key, "a listed object is hidden by a delete marker")
         for pid in sorted(present - listed):
             key = self.layout.manifest(pid)
             self._find("unlisted", key, "no signed run manifest lists this pass", pid)
@@ -427,7 +433,7 @@ def run_verify(
             accounted |= _listed_keys(store, layout, pid)
     v.orphans(objects, accounted)
     runs = v.runs()
-    v.completeness(ids, runs + v.hidden_runs())
+    v.completeness(ids, runs + v.hidden_runs(), accounted)
     if require_lock:
         v.retention(_written_keys(v, ids))
     return v.report

@@ -16,6 +16,7 @@ import json
 import pytest
 
 from archiver.core.signing import Signer
+from archiver.verify import sample
 from tests.fixtures.cli import TEST_SIGNER, archive_with_cli, run_cli
 
 RUNS = 2
@@ -74,14 +75,21 @@ def test_delete_markers_on_a_whole_pass_are_found(archive, seaweedfs, s3_bucket)
         assert ("listed_but_missing", prefix + "manifest.json") in _named(doc)
 
 
-def test_a_delete_marker_on_one_image_is_found(archive, seaweedfs, s3_bucket):
-    """One image hidden by a delete marker: its pass manifest lists it, `deleted`."""
+def test_a_delete_marker_on_one_image_is_found_also_outside_the_sample(
+    archive, seaweedfs, s3_bucket
+):
+    """One image hidden by a delete marker: `deleted` when its pass is checked, and
+    `delete_marker` (from the versions listing) when a sample leaves its pass out."""
     _, _, ids, _ = archive
     key = f"cli/passes/{ids[1]}/images/probe.jpg"
     seaweedfs.client().delete_object(Bucket=s3_bucket, Key=key)
     code, doc = _verify(archive)
     assert code == 1
     assert ("deleted", key) in _named(doc)
+    left_out = [seed for seed in range(40) if ids[1] not in sample(sorted(ids), 25, seed)]
+    code, doc = _verify(archive, "--sample", "25", "--seed", str(left_out[0]))
+    assert code == 1
+    assert ("delete_marker", key) in _named(doc)
 
 
 def test_a_delete_marker_on_the_newest_run_manifest_is_found(archive, seaweedfs, s3_bucket):
