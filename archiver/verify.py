@@ -36,7 +36,7 @@ import hashlib
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from archiver.core.format import (
@@ -63,6 +63,15 @@ class Finding:
         return {"kind": self.kind, "key": self.key, "pass_id": self.pass_id, "detail": self.detail}
 
 
+@dataclass(frozen=True, slots=True)
+class RunLink:
+    """A run manifest by key and content hash, and when its run started."""
+
+    key: str
+    sha256: str
+    started_at: datetime
+
+
 @dataclass
 class VerifyReport:
     passes_checked: int = 0
@@ -70,6 +79,9 @@ class VerifyReport:
     bytes_hashed: int = 0
     run_manifests_checked: int = 0
     findings: list[Finding] = field(default_factory=list)
+    tips: list[RunLink] = field(default_factory=list)  # the chains' newest, as checked
+    started_from: str | None = None  # the checkpoint an incremental check started from
+    checkpoint: str | None = None  # the checkpoint this check wrote
 
     @property
     def ok(self) -> bool:
@@ -87,6 +99,8 @@ class VerifyReport:
             "run_manifests_checked": self.run_manifests_checked,
             "finding_counts": dict(sorted(counts.items())),
             "findings": [f.to_json() for f in self.findings],
+            **({"started_from": self.started_from} if self.started_from else {}),
+            **({"checkpoint": self.checkpoint} if self.checkpoint else {}),
         }
 
 
@@ -99,6 +113,7 @@ class VerifyScope:
     sample_percent: float | None = None
     deep: bool = False
     seed: int | None = None
+    since_checkpoint: bool = False
 
 
 class ArchiveChecker:
@@ -120,7 +135,6 @@ class ArchiveChecker:
         self.require_lock = require_lock
         self.report = VerifyReport()
         self.trusted_runs: list[tuple[str, str]] = []  # (key, sha256) of each signed one
-        self.tips: list[RunLink] = []  # the trusted run manifests no trusted one follows
 
     # -- helpers ------------------------------------------------------------------
 
@@ -267,9 +281,25 @@ class ArchiveChecker:
     ) -> list[RunManifest]:
         """Verify run manifests (signatures, schema) and the hash chain the trusted
         ones form; returns the trusted ones in scope."""
+        docs, by_sha = self.load_runs([self.layout.runs_root()])
+        self._check_chain(docs, by_sha)
+        self.report.tips = _tips(docs, by_sha)
+        return [
+            run
+            for _, run in docs
+            if (run_id is None or run.run_id == run_id)
+            and (since is None or run.started_at >= since)
+        ]
+
+    def load_runs(
+        self, prefixes: list[str]
+    ) -> tuple[list[tuple[str, RunManifest]], dict[str, str]]:
+        """The run manifests under ``prefixes`` that parse and verify under a trusted
+        key (the others are findings, and no link of the chain), and their keys by
+        SHA-256."""
         by_sha: dict[str, str] = {}
         docs: list[tuple[str, RunManifest]] = []
-        for o in self.store.list(self.layout.runs_root()):
+        for o in (o for prefix in prefixes for o in self.store.list(prefix)):
             if not self.layout.is_run_manifest(o.key):
                 continue
             data = self.store.get(o.key)
@@ -280,27 +310,27 @@ class ArchiveChecker:
                 self._find("invalid_run_manifest", o.key, exc.message)
                 continue
             if not self._signed(o.key, data, run.signing_key_id):
-                continue  # named unsigned/bad_signature/untrusted_key; no link of the chain
+                continue  # named unsigned/bad_signature/untrusted_key
             by_sha[hashlib.sha256(data).hexdigest()] = o.key
             docs.append((o.key, run))
-        self.trusted_runs = [(key, sha) for sha, key in by_sha.items()]
-        self._check_chain(docs, by_sha)
-        self.tips = _tips(docs, by_sha)
-        return [
-            run
-            for _, run in docs
-            if (run_id is None or run.run_id == run_id)
-            and (since is None or run.started_at >= since)
-        ]
+        self.trusted_runs += [(key, sha) for sha, key in by_sha.items()]
+        return docs, by_sha
 
-    def _check_chain(self, docs: list[tuple[str, RunManifest]], by_sha: dict[str, str]) -> None:
+    def _check_chain(
+        self,
+        docs: list[tuple[str, RunManifest]],
+        by_sha: dict[str, str],
+        known: frozenset[str] = frozenset(),
+    ) -> None:
+        """Every link resolves to a trusted run manifest loaded (or, incrementally, to
+        one a checkpoint names: ``known``); no run manifest is followed twice."""
         followers: dict[str, list[str]] = defaultdict(list)
         for key, run in docs:
             prev = run.previous
             if prev is None:
                 continue
             followers[prev.sha256].append(key)
-            if prev.sha256 not in by_sha:
+            if prev.sha256 not in by_sha and prev.sha256 not in known:
                 present = any(k == prev.key for k in by_sha.values())
                 kind = "chain_altered" if present else "chain_broken"
                 what = "was altered" if present else "is missing"
@@ -323,11 +353,11 @@ class ArchiveChecker:
                 newest[v.key] = v.version_id  # S3 lists a key's versions newest first
         return {k: newest[k] for k in sorted(latest_marker) if k in newest}
 
-    def hidden_runs(self) -> list[RunManifest]:
+    def hidden_runs(self, prefix: str | None = None) -> list[RunManifest]:
         """Trusted run manifests behind a delete marker: each is a ``delete_marker``
         finding, and the passes it lists still count as listed."""
         found: list[RunManifest] = []
-        hidden = self.hidden(self.layout.runs_root())
+        hidden = self.hidden(prefix or self.layout.runs_root())
         for key, version_id in hidden.items():
             if not self.layout.is_run_manifest(key):
                 continue
@@ -373,15 +403,6 @@ class ArchiveChecker:
                 self._find("no_retention", key, "no Object Lock retention (the config requires it)")
 
 
-@dataclass(frozen=True, slots=True)
-class RunLink:
-    """A run manifest by key and content hash, and when its run started."""
-
-    key: str
-    sha256: str
-    started_at: datetime
-
-
 def _tips(docs: list[tuple[str, RunManifest]], by_sha: dict[str, str]) -> list[RunLink]:
     """The ends of the chains (one per chain; more with a fork): walking back from
     each, every link resolves (else ``chain_broken``) down to a first run manifest."""
@@ -415,6 +436,8 @@ def run_verify(
     if scope.pass_id is not None:
         v.check_pass(scope.pass_id, deep=scope.deep)
         return v.report
+    if scope.since_checkpoint and _since_checkpoint(v, scope):
+        return v.report
     if scope.run_id is not None or scope.since is not None:
         runs = v.runs(since=scope.since, run_id=scope.run_id)
         if scope.run_id is not None and not runs:
@@ -437,6 +460,20 @@ def run_verify(
     if require_lock:
         v.retention(_written_keys(v, ids))
     return v.report
+
+
+def _since_checkpoint(v: ArchiveChecker, scope: VerifyScope) -> bool:
+    """The incremental check from the newest trusted checkpoint; False if there is
+    none (then the whole archive is checked)."""
+    from archiver import checkpoint
+
+    cp, passed_over = checkpoint.newest_trusted(v.store, v.layout, list(v.trusted.values()))
+    for key in passed_over:
+        v._find("bad_checkpoint", key, "a checkpoint that does not verify under a trusted key")
+    if cp is None:
+        return False
+    checkpoint.check_since(v, cp, datetime.now(UTC), deep=scope.deep)
+    return True
 
 
 def _written_keys(v: ArchiveChecker, pass_ids: list[str]) -> list[str]:
