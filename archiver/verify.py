@@ -12,15 +12,18 @@ signing key, no catalog. For each pass manifest in scope it checks:
 * with ``deep``, each object downloaded and hashed again;
 
 and across the archive (``all``): objects under ``passes/`` that no manifest lists
-(orphans); the hash chain of signed, trusted run manifests, walked from the newest
-back to the first (a run manifest deleted from the middle of a chain, or altered,
-breaks a link; a signed one the walk does not reach is ``off_chain``; an unsigned or
-badly signed one is named as such and kept out of the chain); and completeness in
+(orphans); the hash chain of signed, trusted run manifests: every link from each
+chain's newest back to its first resolves (a run manifest deleted from the middle of
+a chain, or altered, breaks a link: ``chain_broken``, ``chain_altered``; one followed
+twice is a ``chain_fork``; an unsigned or badly signed one is named as such and kept
+out of the chain and the pass lists); and completeness in
 both directions between the passes in the bucket and the union of the trusted run
 manifests' pass lists (``unlisted``, ``listed_but_missing``). The bucket's version
 listing shows what a delete without a version id (allowed under COMPLIANCE
-retention) hides: a trusted run manifest behind a delete marker is a
-``delete_marker`` finding, and the passes it lists still count as listed. With the
+retention) hides: a listed object or a trusted run manifest behind a delete marker
+is a ``delete_marker`` finding, and the passes such a run manifest lists still count
+as listed. ``since_checkpoint`` is the incremental check of
+:mod:`archiver.checkpoint`. With the
 config requiring Object Lock, every manifest, signature, run manifest and key copy
 the job wrote must carry retention (``no_retention``).
 
@@ -361,10 +364,10 @@ class ArchiveChecker:
         for key, version_id in hidden.items():
             if not self.layout.is_run_manifest(key):
                 continue
-            data = self.store.get(key, version_id=version_id)
             sig_key = signature_key(key)
             sig_version = hidden.get(sig_key)
             try:
+                data = self.store.get(key, version_id=version_id)
                 run = RunManifest.parse(data)
                 sig = self.store.get(sig_key, version_id=sig_version)
             except (FormatError, ObjectNotFound):
