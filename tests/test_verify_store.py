@@ -92,8 +92,11 @@ def _archive_pass(store: MemoryStore, pass_id: str) -> None:
 RUN_KEY = LAYOUT.runs_root() + "2026/06/01/r-unit.json"
 
 
-def _run_manifest(store: MemoryStore, key: str, pass_ids: list[str], signer: Any) -> None:
-    """A signed run manifest listing ``pass_ids``, in the published version-1 format."""
+def _run_manifest(
+    store: MemoryStore, key: str, pass_ids: list[str], signer: Any, previous: str | None = None
+) -> None:
+    """A signed run manifest listing ``pass_ids`` (and following ``previous``), in the
+    published version-1 format."""
     listed = [
         {
             "pass_id": pid,
@@ -119,7 +122,11 @@ def _run_manifest(store: MemoryStore, key: str, pass_ids: list[str], signer: Any
         "counts": {"archived": len(listed)},
         "passes": listed,
         "not_archived": [],
-        "previous": None,
+        "previous": (
+            {"key": previous, "sha256": hashlib.sha256(store.get(previous)).hexdigest()}
+            if previous
+            else None
+        ),
         "signing": {"algorithm": "ed25519", "key_id": signer.key_id},
     }
     data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
@@ -174,12 +181,15 @@ def test_a_hidden_run_manifest_is_a_delete_marker_and_its_passes_stay_listed(
 def test_an_unsigned_run_manifest_is_named_and_kept_out_of_the_chain(
     store: MemoryStore,
 ) -> None:
-    """A run manifest planted without a trusted signature is `bad_signature`; its
-    pass list does not count, and it makes no fork or gap in the chain."""
+    """A run manifest planted beside a real second one (both following the first),
+    signed by a key that is not trusted: `untrusted_key`, and no `chain_fork` (it
+    used to count as a link of the chain)."""
     from archiver.core.signing import Signer
 
+    second = LAYOUT.runs_root() + "2026/06/02/r-second.json"
+    _run_manifest(store, second, [], TEST_SIGNER, previous=RUN_KEY)
     planted = LAYOUT.runs_root() + "2026/06/02/r-planted.json"
-    _run_manifest(store, planted, PIDS, Signer.generate())
+    _run_manifest(store, planted, PIDS, Signer.generate(), previous=RUN_KEY)
     assert _verify_all(store) == [("untrusted_key", planted)]
 
 
