@@ -166,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="prove from the bucket alone that every archived object is there, unchanged",
         description="Check manifest signatures, every listed object's version, size, "
         "checksum, encryption and retention (--deep: download and hash), orphan objects "
-        "and the run-manifest hash chain. Needs read access and the public key only. "
-        "Exit 0 when clean, 1 on any finding.",
+        "and the run-manifest hash chain, delete markers, and that the passes in the bucket "
+        "and those the signed run manifests list are the same. Needs read access and the "
+        "public key only; with the signing key configured, a clean check stores a signed "
+        "checkpoint. Exit 0 when clean, 1 on any finding.",
     )
     _add_config(ver)
     what = ver.add_mutually_exclusive_group()
@@ -175,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--run", metavar="RUN_ID")
     what.add_argument("--since", type=_day, metavar="DATE", help="runs started since DATE")
     what.add_argument("--all", action="store_true", help="the whole archive (the default)")
+    what.add_argument(
+        "--since-checkpoint",
+        action="store_true",
+        help="only what is new since the newest signed checkpoint (the whole archive "
+        "if there is none)",
+    )
     ver.add_argument("--sample", type=float, metavar="PERCENT", help="check a random share")
     ver.add_argument("--seed", type=int, help="seed for --sample (repeatable samples)")
     ver.add_argument("--deep", action="store_true", help="download and hash every object")
@@ -658,16 +666,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
             sample_percent=args.sample,
             deep=args.deep,
             seed=args.seed,
+            since_checkpoint=args.since_checkpoint,
         )
+        layout = Layout(ctx.settings.storage.clean_prefix)
         try:
             report = run_verify(
                 ctx.store,
-                Layout(ctx.settings.storage.clean_prefix),
+                layout,
                 trusted,
                 scope,
                 require_lock=ctx.settings.object_lock.mode is not None,
                 identities=identities,
             )
+            _record_checkpoint(ctx, layout, scope, report)
         except StoreError as exc:  # no verdict: exit 3 even when retryable, never 1
             print(
                 f"idpass-archiver: {exc.reason}: {exc}; the archive was not verified",
@@ -694,6 +705,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"  {f.kind:<20} {f.key}  {f.detail}")
         print("OK: no findings" if report.ok else f"FAILED: {len(report.findings)} findings")
     return EXIT_OK if report.ok else EXIT_INCOMPLETE
+
+
+def _record_checkpoint(ctx: CommandContext, layout: Any, scope: Any, report: Any) -> None:
+    """A clean check of the whole archive, or from a checkpoint, with the signing key
+    configured: store a signed checkpoint the next ``--since-checkpoint`` starts from."""
+    from archiver import checkpoint
+    from archiver.app import load_signer, object_lock
+
+    whole = scope.everything or not (scope.pass_id or scope.run_id or scope.since)
+    if not report.ok or scope.sample_percent is not None or not whole:
+        return
+    if ctx.settings.signing.key is None:
+        return
+    report.checkpoint = checkpoint.record(
+        ctx.store,
+        layout,
+        load_signer(ctx.settings),
+        object_lock(ctx.settings, ctx.clock),
+        report,
+        scope="since_checkpoint" if report.started_from else "all",
+        now=ctx.clock.now(),
+    )
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

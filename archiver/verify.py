@@ -12,8 +12,20 @@ signing key, no catalog. For each pass manifest in scope it checks:
 * with ``deep``, each object downloaded and hashed again;
 
 and across the archive (``all``): objects under ``passes/`` that no manifest lists
-(orphans), and the hash chain of signed run manifests: a run manifest deleted from
-the middle of a chain, or altered, breaks a link.
+(orphans); the hash chain of signed, trusted run manifests: every link from each
+chain's newest back to its first resolves (a run manifest deleted from the middle of
+a chain, or altered, breaks a link: ``chain_broken``, ``chain_altered``; one followed
+twice is a ``chain_fork``; an unsigned or badly signed one is named as such and kept
+out of the chain and the pass lists); and completeness in
+both directions between the passes in the bucket and the union of the trusted run
+manifests' pass lists (``unlisted``, ``listed_but_missing``). The bucket's version
+listing shows what a delete without a version id (allowed under COMPLIANCE
+retention) hides: a listed object or a trusted run manifest behind a delete marker
+is a ``delete_marker`` finding, and the passes such a run manifest lists still count
+as listed. ``since_checkpoint`` is the incremental check of
+:mod:`archiver.checkpoint`. With the
+config requiring Object Lock, every manifest, signature, run manifest and key copy
+the job wrote must carry retention (``no_retention``).
 
 Only the store saying an object is not there (``head`` None, ``get``
 :class:`~archiver.errors.ObjectNotFound`) is a finding. Any other
@@ -27,7 +39,7 @@ import hashlib
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from archiver.core.format import (
@@ -54,6 +66,15 @@ class Finding:
         return {"kind": self.kind, "key": self.key, "pass_id": self.pass_id, "detail": self.detail}
 
 
+@dataclass(frozen=True, slots=True)
+class RunLink:
+    """A run manifest by key and content hash, and when its run started."""
+
+    key: str
+    sha256: str
+    started_at: datetime
+
+
 @dataclass
 class VerifyReport:
     passes_checked: int = 0
@@ -61,6 +82,9 @@ class VerifyReport:
     bytes_hashed: int = 0
     run_manifests_checked: int = 0
     findings: list[Finding] = field(default_factory=list)
+    tips: list[RunLink] = field(default_factory=list)  # the chains' newest, as checked
+    started_from: str | None = None  # the checkpoint an incremental check started from
+    checkpoint: str | None = None  # the checkpoint this check wrote
 
     @property
     def ok(self) -> bool:
@@ -78,6 +102,8 @@ class VerifyReport:
             "run_manifests_checked": self.run_manifests_checked,
             "finding_counts": dict(sorted(counts.items())),
             "findings": [f.to_json() for f in self.findings],
+            **({"started_from": self.started_from} if self.started_from else {}),
+            **({"checkpoint": self.checkpoint} if self.checkpoint else {}),
         }
 
 
@@ -90,6 +116,7 @@ class VerifyScope:
     sample_percent: float | None = None
     deep: bool = False
     seed: int | None = None
+    since_checkpoint: bool = False
 
 
 class ArchiveChecker:
@@ -110,6 +137,7 @@ class ArchiveChecker:
         self.trusted = {v.key_id: v for v in trusted}
         self.require_lock = require_lock
         self.report = VerifyReport()
+        self.trusted_runs: list[tuple[str, str]] = []  # (key, sha256) of each signed one
 
     # -- helpers ------------------------------------------------------------------
 
@@ -254,10 +282,27 @@ class ArchiveChecker:
     def runs(
         self, *, since: datetime | None = None, run_id: str | None = None
     ) -> list[RunManifest]:
-        """Verify run manifests (signatures, schema) and the hash chains they form."""
+        """Verify run manifests (signatures, schema) and the hash chain the trusted
+        ones form; returns the trusted ones in scope."""
+        docs, by_sha = self.load_runs([self.layout.runs_root()])
+        self._check_chain(docs, by_sha)
+        self.report.tips = _tips(docs, by_sha)
+        return [
+            run
+            for _, run in docs
+            if (run_id is None or run.run_id == run_id)
+            and (since is None or run.started_at >= since)
+        ]
+
+    def load_runs(
+        self, prefixes: list[str]
+    ) -> tuple[list[tuple[str, RunManifest]], dict[str, str]]:
+        """The run manifests under ``prefixes`` that parse and verify under a trusted
+        key (the others are findings, and no link of the chain), and their keys by
+        SHA-256."""
         by_sha: dict[str, str] = {}
         docs: list[tuple[str, RunManifest]] = []
-        for o in self.store.list(self.layout.runs_root()):
+        for o in (o for prefix in prefixes for o in self.store.list(prefix)):
             if not self.layout.is_run_manifest(o.key):
                 continue
             data = self.store.get(o.key)
@@ -267,25 +312,28 @@ class ArchiveChecker:
             except FormatError as exc:
                 self._find("invalid_run_manifest", o.key, exc.message)
                 continue
-            self._signed(o.key, data, run.signing_key_id)
+            if not self._signed(o.key, data, run.signing_key_id):
+                continue  # named unsigned/bad_signature/untrusted_key
             by_sha[hashlib.sha256(data).hexdigest()] = o.key
             docs.append((o.key, run))
-        self._check_chain(docs, by_sha)
-        return [
-            run
-            for _, run in docs
-            if (run_id is None or run.run_id == run_id)
-            and (since is None or run.started_at >= since)
-        ]
+        self.trusted_runs += [(key, sha) for sha, key in by_sha.items()]
+        return docs, by_sha
 
-    def _check_chain(self, docs: list[tuple[str, RunManifest]], by_sha: dict[str, str]) -> None:
+    def _check_chain(
+        self,
+        docs: list[tuple[str, RunManifest]],
+        by_sha: dict[str, str],
+        known: frozenset[str] = frozenset(),
+    ) -> None:
+        """Every link resolves to a trusted run manifest loaded (or, incrementally, to
+        one a checkpoint names: ``known``); no run manifest is followed twice."""
         followers: dict[str, list[str]] = defaultdict(list)
         for key, run in docs:
             prev = run.previous
             if prev is None:
                 continue
             followers[prev.sha256].append(key)
-            if prev.sha256 not in by_sha:
+            if prev.sha256 not in by_sha and prev.sha256 not in known:
                 present = any(k == prev.key for k in by_sha.values())
                 kind = "chain_altered" if present else "chain_broken"
                 what = "was altered" if present else "is missing"
@@ -293,6 +341,81 @@ class ArchiveChecker:
         for sha, keys in followers.items():
             if len(keys) > 1:
                 self._find("chain_fork", by_sha.get(sha, sha), f"followed by {len(keys)} runs")
+
+    # -- completeness ---------------------------------------------------------------
+
+    def hidden(self, prefix: str) -> dict[str, str]:
+        """Keys under ``prefix`` whose latest entry is a delete marker over a stored
+        version, each with the id of the newest version it hides."""
+        latest_marker: set[str] = set()
+        newest: dict[str, str] = {}
+        for v in self.store.list_versions(prefix):
+            if v.is_latest and v.delete_marker:
+                latest_marker.add(v.key)
+            elif not v.delete_marker and v.version_id is not None and v.key not in newest:
+                newest[v.key] = v.version_id  # S3 lists a key's versions newest first
+        return {k: newest[k] for k in sorted(latest_marker) if k in newest}
+
+    def hidden_runs(self, prefix: str | None = None) -> list[RunManifest]:
+        """Trusted run manifests behind a delete marker: each is a ``delete_marker``
+        finding, and the passes it lists still count as listed."""
+        found: list[RunManifest] = []
+        hidden = self.hidden(prefix or self.layout.runs_root())
+        for key, version_id in hidden.items():
+            if not self.layout.is_run_manifest(key):
+                continue
+            sig_key = signature_key(key)
+            sig_version = hidden.get(sig_key)
+            try:
+                data = self.store.get(key, version_id=version_id)
+                run = RunManifest.parse(data)
+                sig = self.store.get(sig_key, version_id=sig_version)
+            except (FormatError, ObjectNotFound):
+                continue  # no run manifest of ours: something planted, then deleted
+            if not any(v.verify(data, sig) for v in self.trusted.values()):
+                continue
+            self._find("delete_marker", key, "a signed run manifest is hidden by a delete marker")
+            found.append(run)
+        return found
+
+    def completeness(
+        self, in_bucket: list[str], runs: list[RunManifest], accounted: set[str]
+    ) -> None:
+        """Both directions between the passes with a manifest in the bucket and the
+        passes the trusted run manifests list; and a delete marker over any key a
+        manifest lists, also in a pass left out of a sample."""
+        listed = {p.pass_id for run in runs for p in run.passes}
+        present = set(in_bucket)
+        hidden = self.hidden(self.layout.passes_root())
+        named = {f.key for f in self.report.findings}
+        for key in sorted(hidden.keys() & accounted - named):
+            self._find("delete_marker", key, "a listed object is hidden by a delete marker")
+        for pid in sorted(present - listed):
+            key = self.layout.manifest(pid)
+            self._find("unlisted", key, "no signed run manifest lists this pass", pid)
+        for pid in sorted(listed - present):
+            key = self.layout.manifest(pid)
+            why = "hidden by a delete marker" if key in hidden else "not in the bucket"
+            self._find("listed_but_missing", key, f"a signed run lists this pass; {why}", pid)
+
+    def retention(self, keys: list[str]) -> None:
+        """Object Lock required: each object the job wrote keeps its retention."""
+        for key in keys:
+            info = self.store.head(key)
+            if info is not None and info.lock_mode is None:
+                self._find("no_retention", key, "no Object Lock retention (the config requires it)")
+
+
+def _tips(docs: list[tuple[str, RunManifest]], by_sha: dict[str, str]) -> list[RunLink]:
+    """The ends of the chains (one per chain; more with a fork): walking back from
+    each, every link resolves (else ``chain_broken``) down to a first run manifest."""
+    followed = {run.previous.sha256 for _, run in docs if run.previous is not None}
+    runs = dict(docs)
+    return [
+        RunLink(key, sha, runs[key].started_at)
+        for sha, key in sorted(by_sha.items(), key=lambda item: item[1])
+        if sha not in followed
+    ]
 
 
 def sample(ids: list[str], percent: float | None, seed: int | None) -> list[str]:
@@ -316,6 +439,8 @@ def run_verify(
     if scope.pass_id is not None:
         v.check_pass(scope.pass_id, deep=scope.deep)
         return v.report
+    if scope.since_checkpoint and _since_checkpoint(v, scope):
+        return v.report
     if scope.run_id is not None or scope.since is not None:
         runs = v.runs(since=scope.since, run_id=scope.run_id)
         if scope.run_id is not None and not runs:
@@ -333,8 +458,36 @@ def run_verify(
         else:  # not sampled: still account for its objects, so they are no orphans
             accounted |= _listed_keys(store, layout, pid)
     v.orphans(objects, accounted)
-    v.runs()
+    runs = v.runs()
+    v.completeness(ids, runs + v.hidden_runs(), accounted)
+    if require_lock:
+        v.retention(_written_keys(v, ids))
     return v.report
+
+
+def _since_checkpoint(v: ArchiveChecker, scope: VerifyScope) -> bool:
+    """The incremental check from the newest trusted checkpoint; False if there is
+    none (then the whole archive is checked)."""
+    from archiver import checkpoint
+
+    cp, passed_over = checkpoint.newest_trusted(v.store, v.layout, list(v.trusted.values()))
+    for key in passed_over:
+        v._find("bad_checkpoint", key, "a checkpoint that does not verify under a trusted key")
+    if cp is None:
+        return False
+    checkpoint.check_since(v, cp, datetime.now(UTC), deep=scope.deep)
+    return True
+
+
+def _written_keys(v: ArchiveChecker, pass_ids: list[str]) -> list[str]:
+    """The manifests, signatures, signed run manifests and key copies the job wrote
+    (not what someone else planted beside them: that is named otherwise)."""
+    layout = v.layout
+    manifests = [layout.manifest(pid) for pid in pass_ids]
+    manifests += [key for key, _ in v.trusted_runs]
+    keys = [k for m in manifests for k in (m, signature_key(m))]
+    keys += [o.key for o in v.store.list(layout.public_key("")[: -len(".pub.pem")])]
+    return keys
 
 
 def _listed_keys(store: ObjectStore, layout: Layout, pass_id: str) -> set[str]:

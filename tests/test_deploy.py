@@ -435,13 +435,15 @@ def test_job_policy_is_exactly_least_privilege():
 
 
 def test_auditor_policy_is_read_only():
-    """`verify` may read every version and its retention, list, and decrypt."""
+    """`verify` may read every version and its retention, list objects and versions
+    (delete markers), and decrypt."""
     actions = set().union(*(_actions(s) for s in _statements("AuditorPolicy")))
     assert actions == {
         "s3:GetObject",
         "s3:GetObjectVersion",
         "s3:GetObjectRetention",
         "s3:ListBucket",
+        "s3:ListBucketVersions",
         "kms:Decrypt",
     }
 

@@ -197,8 +197,14 @@ def test_objects_without_required_retention_are_reported_unlocked(
     proc = run_cli(args, env=audit)
     doc = json.loads(proc.stdout)
     assert proc.returncode == 1
-    assert {f["kind"] for f in doc["findings"]} == {"unlocked"}
+    assert {f["kind"] for f in doc["findings"]} == {"unlocked", "no_retention"}
     assert doc["finding_counts"]["unlocked"] == doc["objects_checked"]
+    # the objects no pass manifest lists: manifest and run manifest, each with its
+    # signature, and the public key copy
+    unlisted = {f["key"].rsplit("/", 1)[-1] for f in doc["findings"] if f["kind"] == "no_retention"}
+    assert {"manifest.json", "manifest.json.sig"} <= unlisted
+    assert any(k.endswith(".pub.pem") for k in unlisted)
+    assert doc["finding_counts"]["no_retention"] == 5
 
 
 @pytest.fixture

@@ -89,12 +89,108 @@ def _archive_pass(store: MemoryStore, pass_id: str) -> None:
     _put(store, mkey, data, JSON_TYPE)
 
 
+RUN_KEY = LAYOUT.runs_root() + "2026/06/01/r-unit.json"
+
+
+def _run_manifest(
+    store: MemoryStore, key: str, pass_ids: list[str], signer: Any, previous: str | None = None
+) -> None:
+    """A signed run manifest listing ``pass_ids`` (and following ``previous``), in the
+    published version-1 format."""
+    listed = [
+        {
+            "pass_id": pid,
+            "manifest_key": LAYOUT.manifest(pid),
+            "manifest_sha256": hashlib.sha256(store.get(LAYOUT.manifest(pid))).hexdigest(),
+            "already_archived": False,
+        }
+        for pid in pass_ids
+    ]
+    doc = {
+        "run_manifest_version": 1,
+        "kind": "idpass-archiver/run-manifest",
+        "run_id": "r-unit",
+        "chain_id": "main",
+        "worker_id": None,
+        "archiver_version": "test",
+        "config_fingerprint": "0" * 64,
+        "started_at": "2026-06-01T12:00:00Z",
+        "finished_at": "2026-06-01T12:05:00Z",
+        "exit_code": 0,
+        "stopped_early": False,
+        "systemic_error": None,
+        "counts": {"archived": len(listed)},
+        "passes": listed,
+        "not_archived": [],
+        "previous": (
+            {"key": previous, "sha256": hashlib.sha256(store.get(previous)).hexdigest()}
+            if previous
+            else None
+        ),
+        "signing": {"algorithm": "ed25519", "key_id": signer.key_id},
+    }
+    data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    _put(store, signature_key(key), signer.sign(data), OCTET_TYPE)
+    _put(store, key, data, JSON_TYPE)
+
+
 @pytest.fixture
 def store() -> MemoryStore:
     store = MemoryStore()
     for pid in PIDS:
         _archive_pass(store, pid)
+    _run_manifest(store, RUN_KEY, PIDS, TEST_SIGNER)
     return store
+
+
+def _verify_all(store: MemoryStore) -> list[tuple[str, str]]:
+    report = run_verify(store, LAYOUT, [TEST_SIGNER.verifier], VerifyScope(everything=True))
+    return sorted((f.kind, f.key) for f in report.findings)
+
+
+def test_the_whole_archive_verifies_clean(store: MemoryStore) -> None:
+    assert _verify_all(store) == []
+
+
+def test_a_pass_hidden_by_delete_markers_is_listed_but_missing(store: MemoryStore) -> None:
+    """Delete markers on every object of a pass hide it from the plain listing; the
+    signed run manifest still lists it."""
+    pid = PIDS[0]
+    for o in list(store.list(LAYOUT.pass_dir(pid))):
+        store.delete_marker(o.key)
+    assert _verify_all(store) == [("listed_but_missing", LAYOUT.manifest(pid))]
+
+
+def test_a_pass_no_run_lists_is_unlisted(store: MemoryStore) -> None:
+    """A signed pass in the bucket that no signed run manifest lists."""
+    store.remove(RUN_KEY)
+    store.remove(signature_key(RUN_KEY))
+    _run_manifest(store, RUN_KEY, PIDS[1:], TEST_SIGNER)
+    assert _verify_all(store) == [("unlisted", LAYOUT.manifest(PIDS[0]))]
+
+
+def test_a_hidden_run_manifest_is_a_delete_marker_and_its_passes_stay_listed(
+    store: MemoryStore,
+) -> None:
+    """A delete marker over the (only, so newest) run manifest: named, and its passes
+    are still known as listed, so they are not reported unlisted."""
+    store.delete_marker(RUN_KEY)
+    assert _verify_all(store) == [("delete_marker", RUN_KEY)]
+
+
+def test_an_unsigned_run_manifest_is_named_and_kept_out_of_the_chain(
+    store: MemoryStore,
+) -> None:
+    """A run manifest planted beside a real second one (both following the first),
+    signed by a key that is not trusted: `untrusted_key`, and no `chain_fork` (it
+    used to count as a link of the chain)."""
+    from archiver.core.signing import Signer
+
+    second = LAYOUT.runs_root() + "2026/06/02/r-second.json"
+    _run_manifest(store, second, [], TEST_SIGNER, previous=RUN_KEY)
+    planted = LAYOUT.runs_root() + "2026/06/02/r-planted.json"
+    _run_manifest(store, planted, PIDS, Signer.generate(), previous=RUN_KEY)
+    assert _verify_all(store) == [("untrusted_key", planted)]
 
 
 def _checker(store: MemoryStore) -> ArchiveChecker:

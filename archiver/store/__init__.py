@@ -22,6 +22,11 @@ Contract of :class:`ObjectStore` (every implementation, real or in memory, passe
   whatever blocks through the ``offload`` it is given (the pipeline's thread pool).
   The S3 store sends CRT puts without a thread; the memory store offloads ``put``.
 * implementations are thread-safe: the pipeline calls them from a thread pool.
+* ``list_versions`` yields every version *and delete marker* under a prefix, in key
+  order, with ``is_latest`` set on the entry S3 serves: a key whose latest
+  entry is a delete marker is hidden from ``list``, ``head`` and ``get`` but still
+  there, and ``verify`` must see it (a delete without a version id is allowed under
+  COMPLIANCE retention).
 * ``close`` releases what the store holds open (connections, the CRT client). It may
   be called more than once; the store is not used after it. What was stored stays.
 
@@ -89,6 +94,18 @@ class ObjectInfo:
     retain_until: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectVersion:
+    """One entry of a versions listing: a stored version or a delete marker."""
+
+    key: str
+    version_id: str | None
+    is_latest: bool
+    delete_marker: bool
+    size: int = 0
+    last_modified: datetime | None = None
+
+
 class ObjectStore(Protocol):
     """A narrow, thread-safe object store. See the module docstring for the contract."""
 
@@ -120,6 +137,8 @@ class ObjectStore(Protocol):
     def get(self, key: str, *, version_id: str | None = None) -> bytes: ...
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    def list_versions(self, prefix: str) -> Iterator[ObjectVersion]: ...
 
     def close(self) -> None: ...
 

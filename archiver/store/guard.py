@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import structlog
 
 from archiver.errors import StoreError, StoreUnavailable
-from archiver.store import ObjectInfo, ObjectLock, ObjectStore, Offload, PutResult
+from archiver.store import ObjectInfo, ObjectLock, ObjectStore, ObjectVersion, Offload, PutResult
 
 T = TypeVar("T")
 
@@ -142,6 +142,16 @@ class ReachabilityGuard:
         self._refuse_if_down()
         try:
             yield from self.store.list(prefix)
+        except StoreUnavailable as exc:
+            down = self.judge(exc)
+            if down is None:
+                raise
+            raise down from exc
+
+    def list_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        self._refuse_if_down()
+        try:
+            yield from self.store.list_versions(prefix)
         except StoreUnavailable as exc:
             down = self.judge(exc)
             if down is None:

@@ -8,7 +8,8 @@ is refused as S3 refuses it (BadDigest), with :class:`~archiver.errors.StoreUnav
 
 For tests it can also say how often each key was written (``versions_per_key``, the
 same shape as :meth:`archiver.sandbox.seaweedfs.SeaweedFS.versions_per_key`) and how
-often ``put`` was called (``put_calls``), write around the contract (``backdoor_put``),
+often ``put`` was called (``put_calls``), write around the contract (``backdoor_put``,
+``delete_marker``),
 and fail on demand (``fault``: called with the operation and key before each call; it
 may raise any :class:`~archiver.errors.StoreError`).
 """
@@ -28,7 +29,14 @@ from typing import Literal
 
 from archiver.clock import Clock, SystemClock
 from archiver.errors import EncryptionRefused, ObjectNotFound, StoreUnavailable
-from archiver.store import ObjectInfo, ObjectLock, OffloadedPut, PutResult, reuse_existing
+from archiver.store import (
+    ObjectInfo,
+    ObjectLock,
+    ObjectVersion,
+    OffloadedPut,
+    PutResult,
+    reuse_existing,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -45,6 +53,7 @@ class _Version:
     encryption: str | None
     kms_key_id: str | None
     lock: ObjectLock | None = None
+    marker: bool = False  # a delete marker: no content, hides the versions before it
 
     def info(self, key: str) -> ObjectInfo:
         return ObjectInfo(
@@ -107,7 +116,7 @@ class MemoryStore(OffloadedPut):
             )
         with self._lock:
             versions = self._objects.get(key)
-            if versions and not overwrite:
+            if versions and not versions[-1].marker and not overwrite:
                 current = versions[-1]
                 stored = current.sha256 or hashlib.sha256(current.data).hexdigest()
                 return reuse_existing(f"memory put {key}", current.info(key), stored, sha256)
@@ -141,7 +150,11 @@ class MemoryStore(OffloadedPut):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         self._fault("list", prefix)
         with self._lock:
-            found = sorted((k, v[-1]) for k, v in self._objects.items() if k.startswith(prefix))
+            found = sorted(
+                (k, v[-1])
+                for k, v in self._objects.items()
+                if k.startswith(prefix) and not v[-1].marker
+            )
         for key, version in found:
             yield ObjectInfo(
                 key=key,
@@ -150,6 +163,21 @@ class MemoryStore(OffloadedPut):
                 encryption=None,
                 last_modified=version.last_modified,
             )
+
+    def list_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        self._fault("list_versions", prefix)
+        with self._lock:
+            found = sorted((k, v[:]) for k, v in self._objects.items() if k.startswith(prefix))
+        for key, versions in found:
+            for i, version in enumerate(reversed(versions)):
+                yield ObjectVersion(
+                    key=key,
+                    version_id=version.version_id,
+                    is_latest=i == 0,
+                    delete_marker=version.marker,
+                    size=len(version.data),
+                    last_modified=version.last_modified,
+                )
 
     def close(self) -> None:
         """Nothing to release: the store holds no connection or file, only the dict.
@@ -186,6 +214,15 @@ class MemoryStore(OffloadedPut):
             self._objects.setdefault(key, []).append(version)
         return version.version_id
 
+    def delete_marker(self, key: str) -> str:
+        """Delete ``key`` as a versioned bucket does for a delete without a version id
+        (which Object Lock allows): a delete marker over its versions, which stay.
+        Returns the marker's version id."""
+        with self._lock:
+            marker = dataclasses.replace(self._new_version(b"", None, "", None, None), marker=True)
+            self._objects.setdefault(key, []).append(marker)
+        return marker.version_id
+
     def remove(self, key: str) -> None:
         """Drop every version of ``key`` (a missing object, as verification may find)."""
         with self._lock:
@@ -200,8 +237,10 @@ class MemoryStore(OffloadedPut):
     def _find(self, key: str, version_id: str | None) -> _Version | None:
         versions = self._objects.get(key, [])
         if version_id is None:
-            return versions[-1] if versions else None
-        return next((v for v in versions if v.version_id == version_id), None)
+            found = versions[-1] if versions else None
+        else:
+            found = next((v for v in versions if v.version_id == version_id), None)
+        return None if found is None or found.marker else found
 
     def _new_version(
         self,

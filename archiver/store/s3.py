@@ -50,6 +50,7 @@ from archiver.errors import (
 from archiver.store import (
     ObjectInfo,
     ObjectLock,
+    ObjectVersion,
     Offload,
     OffloadedPut,
     PutResult,
@@ -69,6 +70,7 @@ __all__ = ["S3Store", "error_code", "make_client", "raise_store_error"]
 # 409 ConditionalRequestConflict while a concurrent conditional write is in flight.
 _EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NotFound"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ACCESS_CODES = frozenset(
     {
         "403",
@@ -534,6 +536,41 @@ class S3Store(OffloadedPut):
                     )
         except Exception as exc:
             self._raise(exc, "list", prefix)
+
+    def list_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        """Every version and delete marker under ``prefix`` (``ListObjectVersions``,
+        paginated; needs ``s3:ListBucketVersions``), in key order; ``is_latest`` marks
+        the entry S3 serves for the key."""
+        pages = self._client.get_paginator("list_object_versions").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        try:
+            for page in pages:
+                entries = [
+                    ObjectVersion(
+                        key=item["Key"],
+                        version_id=item.get("VersionId"),
+                        is_latest=bool(item.get("IsLatest")),
+                        delete_marker=False,
+                        size=item.get("Size", 0),
+                        last_modified=_utc(item.get("LastModified")),
+                    )
+                    for item in page.get("Versions", [])
+                ] + [
+                    ObjectVersion(
+                        key=item["Key"],
+                        version_id=item.get("VersionId"),
+                        is_latest=bool(item.get("IsLatest")),
+                        delete_marker=True,
+                        last_modified=_utc(item.get("LastModified")),
+                    )
+                    for item in page.get("DeleteMarkers", [])
+                ]
+                # a page holds versions and markers apart: merge them by key, newest first
+                entries.sort(key=lambda v: (v.key, -(v.last_modified or _EPOCH).timestamp()))
+                yield from entries
+        except Exception as exc:
+            self._raise(exc, "list_versions", prefix)
 
     def close(self) -> None:
         """Release the connection pools (botocore's, and the CRT client's if one was made)."""

@@ -63,7 +63,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
             backdoor_put=lambda key, data, encrypted: memory.backdoor_put(
                 key, data, checksum=False, encrypted=encrypted
             ),
-            backdoor_delete=memory.remove,
+            backdoor_delete=memory.delete_marker,
             reopen=lambda: memory,  # its dict is the bucket: the same store is the only other
         )
         return
@@ -246,6 +246,41 @@ def test_list_yields_the_objects_under_a_prefix_in_key_order(backend: Backend) -
     assert list(backend.store.list("test/none/")) == []
 
 
+def test_list_versions_shows_what_a_delete_marker_hides(backend: Backend) -> None:
+    """A key deleted without a version id (a delete marker, which Object Lock allows)
+    is gone from list, but list_versions still shows its version, under a marker that
+    is the latest entry; an untouched key shows its one version, latest."""
+    kept, hidden = b"kept", b"hidden"
+    backend.store.put("test/v/kept.json", kept, sha256=sha(kept), content_type=JPEG)
+    put = backend.store.put("test/v/hidden.json", hidden, sha256=sha(hidden), content_type=JPEG)
+    backend.backdoor_delete("test/v/hidden.json")
+
+    assert [o.key for o in backend.store.list("test/v/")] == ["test/v/kept.json"]
+    versions = list(backend.store.list_versions("test/v/"))
+    by_key = {
+        key: sorted((v.delete_marker, v.is_latest, v.version_id) for v in versions if v.key == key)
+        for key in {v.key for v in versions}
+    }
+    assert set(by_key) == {"test/v/kept.json", "test/v/hidden.json"}
+    [(kept_marker, kept_latest, _)] = by_key["test/v/kept.json"]
+    assert (kept_marker, kept_latest) == (False, True)
+    [(v_marker, v_latest, v_id), (m_marker, m_latest, _)] = by_key["test/v/hidden.json"]
+    assert (v_marker, v_latest, v_id) == (False, False, put.version_id)
+    assert (m_marker, m_latest) == (True, True)
+    assert [v.key for v in versions] == sorted(v.key for v in versions)
+    assert list(backend.store.list_versions("test/none/")) == []
+
+
+def test_a_put_over_a_delete_marker_writes_a_new_version(backend: Backend) -> None:
+    """A key whose latest entry is a delete marker is free again: put writes."""
+    data = b"written again"
+    backend.store.put("test/again.json", data, sha256=sha(data), content_type=JPEG)
+    backend.backdoor_delete("test/again.json")
+    again = backend.store.put("test/again.json", data, sha256=sha(data), content_type=JPEG)
+    assert not again.reused
+    assert backend.store.get("test/again.json") == data
+
+
 def test_a_wrong_sha256_is_refused_and_nothing_is_stored(backend: Backend) -> None:
     """A put whose SHA-256 does not match the bytes is refused (BadDigest: retryable)."""
     with pytest.raises(StoreUnavailable) as caught:
@@ -366,7 +401,7 @@ def test_the_s3_store_offers_the_contract_and_nothing_more() -> None:
     """Bucket-level operations (settings, deleting) are not on the archive store: they
     are doctor's, in archiver.store.bucket."""
     methods = {n for n in dir(S3Store) if not n.startswith("_") and callable(getattr(S3Store, n))}
-    assert methods == {"put", "put_async", "head", "get", "list", "close"}
+    assert methods == {"put", "put_async", "head", "get", "list", "list_versions", "close"}
     assert {n for n in dir(ObjectStore) if not n.startswith("_")} == methods
 
 
