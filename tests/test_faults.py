@@ -354,8 +354,11 @@ def test_crash_consistency(
     reported = {f["key"] for f in doc["findings"] if f["kind"] == "orphan"}
     print(f"crash: after the kills, {len(left)} orphan(s); verify reported {len(reported)}")
     assert reported == left
-    assert code == (1 if left else 0)
-    assert {f["kind"] for f in doc["findings"]} <= {"orphan"}, doc["finding_counts"]
+    # passes a killed run committed are listed by no run manifest until a later run
+    # lists them as recovered: verify says so (and nothing else) until then
+    unlisted = {f["pass_id"] for f in doc["findings"] if f["kind"] == "unlisted"}
+    assert code == (1 if left or unlisted else 0)
+    assert {f["kind"] for f in doc["findings"]} <= {"orphan", "unlisted"}, doc["finding_counts"]
     assert any(orphans for *_, orphans in log), "no kill fell between a pass's writes"
 
     # reruns to completion, without the slow API
