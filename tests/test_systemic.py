@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from archiver.sandbox.seaweedfs import SeaweedFS
 from tests.fixtures.cli import TEST_SIGNER, cli_env, run_cli
-from tests.helpers import signed_run_manifests, unlisted_manifests
+from tests.helpers import signed_run_manifests
 
 DETAILS = "/idpass/details"
 
@@ -261,10 +261,17 @@ def test_storage_killed_mid_run(cli_config, sandbox_http, own_seaweedfs, tmp_pat
     assert json.loads(final.stdout)["counts"]["archived"] == len(ids) - len(done)
     got = _samples(prom.read_text())
     assert got[("idpass_archiver_last_run_exit_code", (("mode", "run"),))] == 0
-    # what the cut-off run committed is in the audit trail: the last run lists it
+    # what the cut-off run committed is in the audit trail: the last run lists it. (The
+    # pass manifests are compared by the catalog's record of them, not read back: a
+    # SIGKILLed `weed mini` can keep an object's metadata but lose its data, which the
+    # archiver's S3 never does, and reading it then fails.)
     client = server.client()
-    assert unlisted_manifests(client, bucket, "cli", TEST_SIGNER.verifier) == []
     runs = signed_run_manifests(client, bucket, "cli", TEST_SIGNER.verifier)
+    listed = {(p.manifest_key, p.manifest_sha256) for r in runs for p in r.passes}
+    committed = _query(
+        db, "SELECT manifest_key, manifest_sha256 FROM passes WHERE state = 'archived'"
+    )
+    assert len(committed) == len(ids) and set(committed) <= listed
     assert {p.pass_id for r in runs for p in r.passes if p.recovered} == done
 
 

@@ -145,6 +145,7 @@ def test_a_planted_run_manifest_is_found_and_kept_out_of_the_chain(
             "manifest_key": f"cli/passes/{ghost}/manifest.json",
             "manifest_sha256": "0" * 64,
             "already_archived": False,
+            "recovered": False,
         },
     ]
     other = Signer.generate()
