@@ -7,6 +7,8 @@ what the client happens to return.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from archiver.idpass import crypto
 from archiver.idpass.client import IdPassClient, PassRead
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden"
+#: The encrypted answer's cipher key is the SHA-256 of this text (no key file is kept).
+ENCRYPTED_KEY_TEXT = b"idpass-archiver golden answer: details-encrypted"
 PID = "6f1d2c3b-4a5e-4f60-9a7b-8c9d0e1f2a3b"
 JPEG = {name: (GOLDEN / f"{name}.jpg").read_bytes() for name in ("probe", "id_photo", "document")}
 COMPLETED = datetime(2026, 3, 2, 9, 11, 40, tzinfo=UTC)
@@ -122,9 +126,9 @@ async def test_golden_wrapped_answer_drops_the_wrapper():
 
 
 async def test_golden_encrypted_answer_opens_with_its_key():
-    """Local decryption with the sidecar key: the record's sealed fields in plain
-    text, each image token opening to the golden JPEG."""
-    key = (GOLDEN / "details-encrypted.key").read_text().strip()
+    """Local decryption with its key (derived, as the golden README says): the
+    record's sealed fields in plain text, each image token opening to the golden JPEG."""
+    key = base64.b64encode(hashlib.sha256(ENCRYPTED_KEY_TEXT).digest()).decode()
     read = await _read("details-encrypted.json", decrypt_locally_with=key)
     assert read.encrypted
     assert read.record["verified_identity"] == {
