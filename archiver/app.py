@@ -42,7 +42,7 @@ from archiver.core.runlog import (
     listed_by,
     run_manifest_bytes,
 )
-from archiver.core.signing import Signer, SigningKeyError, Verifier
+from archiver.core.signing import Signer, SigningKeyError, Verifier, read_public_keys
 from archiver.errors import (
     AlreadyRunning,
     ArchiverError,
@@ -531,15 +531,7 @@ def trusted_verifiers(settings: Settings, signer: Signer) -> list[Verifier]:
     """The keys whose run manifests a run adopts into its chain, as ``verify`` trusts
     them: this signer's, and the earlier ones listed in ``signing.public_key_files``."""
     trusted = [signer.verifier]
-    for path in settings.signing.public_key_files:
-        try:
-            trusted.append(Verifier.from_pem(path.read_bytes()))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read public key {path} ({exc.strerror})", key="signing.public_key_files"
-            ) from None
-        except SigningKeyError as exc:
-            raise ConfigError(f"public key {path}: {exc}", key="signing.public_key_files") from None
+    trusted += read_public_keys(settings.signing.public_key_files, key="signing.public_key_files")
     return trusted
 
 

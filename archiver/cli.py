@@ -598,17 +598,9 @@ def _read_ids_file(path: Path) -> tuple[str, ...]:
 def _trusted_keys(settings: config_mod.Settings, extra: Sequence[str]) -> list[Any]:
     """The public keys to trust: given files, signing.public_key_files, and the
     configured signing key's own."""
-    from archiver.core.signing import Signer, SigningKeyError, Verifier
+    from archiver.core.signing import Signer, SigningKeyError, Verifier, read_public_keys
 
-    trusted: list[Verifier] = []
-    paths: list[str | Path] = [*extra, *settings.signing.public_key_files]
-    for path in paths:
-        try:
-            trusted.append(Verifier.from_pem(Path(path).read_bytes()))
-        except OSError as exc:
-            raise ConfigError(f"cannot read public key {path} ({exc.strerror})") from None
-        except SigningKeyError as exc:
-            raise ConfigError(f"public key {path}: {exc}") from None
+    trusted: list[Verifier] = read_public_keys([*extra, *settings.signing.public_key_files])
     if settings.signing.key is not None:
         try:
             trusted.append(

@@ -18,8 +18,9 @@ planted in the bucket never counts as a pass archived.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -29,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from archiver.core.format import PassManifest
-from archiver.errors import FormatError, SigningKeyError, UntrustedManifest
+from archiver.errors import ConfigError, FormatError, SigningKeyError, UntrustedManifest
 
 __all__ = [
     "SIGNATURE_BYTES",
@@ -79,6 +80,20 @@ class Verifier:
         if not isinstance(key, Ed25519PublicKey):
             raise SigningKeyError("the public key is not an Ed25519 key")
         return cls(key)
+
+
+def read_public_keys(paths: Iterable[str | Path], *, key: str | None = None) -> list[Verifier]:
+    """The public keys in the PEM files ``paths``; a file that cannot be read or holds
+    no Ed25519 public key is a ConfigError (naming the setting ``key`` when given)."""
+    keys = []
+    for path in paths:
+        try:
+            keys.append(Verifier.from_pem(Path(path).read_bytes()))
+        except OSError as exc:
+            raise ConfigError(f"cannot read public key {path} ({exc.strerror})", key=key) from None
+        except SigningKeyError as exc:
+            raise ConfigError(f"public key {path}: {exc}", key=key) from None
+    return keys
 
 
 @dataclass(frozen=True)

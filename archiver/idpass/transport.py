@@ -467,29 +467,25 @@ def _watch(conn: HTTPConnection) -> None:
         deadline.watch(conn)
 
 
-class _HTTPWatched(HTTPConnection):
+class _Watched:
     """A connection that tells the request's deadline it carries it: on each request
     (a reused connection) and once connected (a new one: its socket exists now)."""
 
     def connect(self) -> None:
-        super().connect()
-        _watch(self)
+        super().connect()  # type: ignore[misc]
+        _watch(self)  # type: ignore[arg-type]
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch(self)
-        super().request(*args, **kwargs)
+        _watch(self)  # type: ignore[arg-type]
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _HTTPSWatched(HTTPSConnection):
+class _HTTPWatched(_Watched, HTTPConnection):
+    pass
+
+
+class _HTTPSWatched(_Watched, HTTPSConnection):
     """:class:`_HTTPWatched` for TLS."""
-
-    def connect(self) -> None:
-        super().connect()
-        _watch(self)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch(self)
-        super().request(*args, **kwargs)
 
 
 class _HTTPPool(HTTPConnectionPool):

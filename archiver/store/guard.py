@@ -139,19 +139,16 @@ class ReachabilityGuard:
         return self._call(self.store.get, key, version_id=version_id)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        self._refuse_if_down()
-        try:
-            yield from self.store.list(prefix)
-        except StoreUnavailable as exc:
-            down = self.judge(exc)
-            if down is None:
-                raise
-            raise down from exc
+        return self._listing(self.store.list, prefix)
 
     def list_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        return self._listing(self.store.list_versions, prefix)
+
+    def _listing(self, fn: Callable[[str], Iterator[T]], prefix: str) -> Iterator[T]:
+        """A listing as :meth:`_call` makes a call: judged when it fails part-way."""
         self._refuse_if_down()
         try:
-            yield from self.store.list_versions(prefix)
+            yield from fn(prefix)
         except StoreUnavailable as exc:
             down = self.judge(exc)
             if down is None:
