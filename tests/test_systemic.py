@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
 from archiver.sandbox.seaweedfs import SeaweedFS
@@ -194,6 +195,33 @@ def own_seaweedfs(tmp_path: Path) -> Any:
         yield server, bucket
 
 
+def _lost_commit_objects(client: Any, bucket: str, pass_ids: list[str]) -> set[str]:
+    """The passes (of ``pass_ids``) whose stored manifest or signature a SIGKILLed
+    ``weed mini`` kept as metadata without data: its GET keeps failing after restart.
+    Real S3 never does this; the test then expects the pass given back, not archived.
+    Each read is tried for a few seconds, so a server still settling is not "lost"."""
+    keys = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+        if o["Key"].endswith(("/manifest.json", "/manifest.json.sig"))
+    ]
+    lost: set[str] = set()
+    for key in keys:
+        owner = next((p for p in pass_ids if f"/{p}/" in key), None)
+        if owner is None or owner in lost:
+            continue
+        for _ in range(10):
+            try:
+                client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                break
+            except ClientError:
+                time.sleep(0.5)
+        else:
+            lost.add(owner)
+    return lost
+
+
 def test_storage_killed_mid_run(cli_config, sandbox_http, own_seaweedfs, tmp_path, pii_watch):
     """SeaweedFS is SIGKILLed once the run has archived a pass, while others are in
     flight: the run stops as a systemic failure (exit 3, recorded in the catalog,
@@ -256,22 +284,29 @@ def test_storage_killed_mid_run(cli_config, sandbox_http, own_seaweedfs, tmp_pat
     sandbox_http.delete("/_sandbox/fault-rates")
     server.start()
     env["IDPASS_ARCHIVER_STORAGE__ENDPOINT_URL"] = server.endpoint_url
+    client = server.client()
+    lost = _lost_commit_objects(client, bucket, [p for p in ids if p not in done])
     final = run_cli(["run", "--json", "--config", str(cfg)], env=env, watch=pii_watch)
-    assert final.returncode == 0, final.stderr[-3000:]
-    assert json.loads(final.stdout)["counts"]["archived"] == len(ids) - len(done)
+    # A pass whose manifest or signature the killed server kept without its data cannot
+    # be read back: it is given back for a later run (store_unavailable), never archived.
+    assert final.returncode == (1 if lost else 0), final.stderr[-3000:]
+    assert json.loads(final.stdout)["counts"]["archived"] == len(ids) - len(done) - len(lost)
+    rows = _query(db, "SELECT pass_id, state, last_reason FROM passes")
+    left = {pid: (state, reason) for pid, state, reason in rows if state != "archived"}
+    assert set(left) == lost, left
+    assert all(s == "pending" and r.startswith("store_unavailable") for s, r in left.values())
     got = _samples(prom.read_text())
-    assert got[("idpass_archiver_last_run_exit_code", (("mode", "run"),))] == 0
+    assert got[("idpass_archiver_last_run_exit_code", (("mode", "run"),))] == (1 if lost else 0)
     # what the cut-off run committed is in the audit trail: the last run lists it. (The
     # pass manifests are compared by the catalog's record of them, not read back: a
     # SIGKILLed `weed mini` can keep an object's metadata but lose its data, which the
     # archiver's S3 never does, and reading it then fails.)
-    client = server.client()
     runs = signed_run_manifests(client, bucket, "cli", TEST_SIGNER.verifier)
     listed = {(p.manifest_key, p.manifest_sha256) for r in runs for p in r.passes}
     committed = _query(
         db, "SELECT manifest_key, manifest_sha256 FROM passes WHERE state = 'archived'"
     )
-    assert len(committed) == len(ids) and set(committed) <= listed
+    assert len(committed) == len(ids) - len(lost) and set(committed) <= listed
     assert {p.pass_id for r in runs for p in r.passes if p.recovered} == done
 
 
