@@ -11,13 +11,11 @@ together. Negative controls show that each check can fail. The recipe block of
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,7 +331,7 @@ def test_the_format_recipe_runs_as_written(archive, tmp_path, pii_watch):
 
 def test_the_format_document_ships_with_the_schemas():
     """FORMAT.md holds the one recipe (the README only points to it), is linked from
-    config/schemas/ like the schemas, and the wheel's package data includes it."""
+    config/schemas/ like the schemas, and sits in the package (the wheel holds all of it)."""
     assert RECIPE_MARK not in README.read_text(encoding="utf-8")
     assert "(archiver/schemas/FORMAT.md#auditors-recipe-no-project-code)" in README.read_text(
         encoding="utf-8"
@@ -342,10 +340,5 @@ def test_the_format_document_ships_with_the_schemas():
     for link in FORMAT.parent.iterdir():
         assert link.is_symlink() and link.resolve() == (shipped / link.name).resolve(), link
     assert FORMAT.is_symlink()
-    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"
-    ]["archiver"]
-    for path in shipped.iterdir():
-        if path.suffix in (".json", ".md"):
-            name = f"schemas/{path.name}"
-            assert any(fnmatch.fnmatch(name, g) for g in globs), f"{name} is not in the wheel"
+    # the wheel ships every file of archiver/ (tests/test_gates.py builds it and looks)
+    assert (shipped / "FORMAT.md").is_file()
